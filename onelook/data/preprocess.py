@@ -1,0 +1,183 @@
+"""The per-image step of dataset preparation: load, find keypoints and mask, crop, save, record.
+
+It runs in worker processes, so it imports nothing heavy (no torch). Each image ends in a small JSON record,
+written last and atomically: a record on disk means that image's work is complete, which is what makes a
+re-run after an interruption skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from onelook.data.images import ImageError, load_image
+
+_landmarker = None  # one MediaPipe FaceLandmarker per worker process
+
+
+@dataclass
+class ImageJob:
+    source: Path  # the user's image file
+    name: str  # output file stem, unique in the dataset
+    out: Path  # dataset folder
+    size: int
+    crop_scale: float
+    keypoints: list | None = None  # K [x, y] pairs from landmarks.json (None entries: missing); None: detect
+    mask: Path | None = None  # user mask file
+
+
+@dataclass
+class ImageRecord:
+    source: str
+    status: str  # "ok" or "error"
+    reason: str = ""
+    image: str | None = None  # paths relative to the dataset folder
+    mask: str | None = None
+    keypoints: list | None = None  # (K, 2) in the crop's pixels; None for a missing keypoint
+    confidence: float | None = None
+    num_faces: int | None = None
+    crop_box: list | None = None  # [x0, y0, side] in the (upright) original's pixels
+    notes: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def path(out: Path, name: str) -> Path:
+        return out / "records" / f"{name}.json"
+
+    def save(self, out: Path, name: str) -> None:
+        path = self.path(out, name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, out: Path, name: str) -> ImageRecord | None:
+        try:
+            return cls(**json.loads(cls.path(out, name).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def init_worker(detect_faces: bool) -> None:
+    global _landmarker
+    if detect_faces and _landmarker is None:
+        from onelook.landmarks.mediapipe_face import FaceLandmarker
+
+        _landmarker = FaceLandmarker()
+
+
+def process(job: ImageJob) -> ImageRecord:
+    """Never raises for bad input: the record says what went wrong."""
+    try:
+        record = _process(job)
+    except (ImageError, ValueError) as exc:
+        record = ImageRecord(source=job.source.name, status="error", reason=str(exc))
+    except Exception as exc:  # an unexpected failure on one file must not stop the others
+        record = ImageRecord(source=job.source.name, status="error", reason=f"{type(exc).__name__}: {exc}")
+    record.save(job.out, job.name)
+    return record
+
+
+def _process(job: ImageJob) -> ImageRecord:
+    from onelook.landmarks.mediapipe_face import NoFaceError
+
+    loaded = load_image(job.source)
+    notes = list(loaded.notes)
+    height, width = loaded.rgb.shape[:2]
+    confidence, num_faces, mask = None, None, None
+    if job.keypoints is None:
+        init_worker(detect_faces=True)
+        try:
+            detection = _landmarker.detect(loaded.rgb)
+        except NoFaceError as exc:
+            raise ValueError("no face found by MediaPipe Face Mesh") from exc
+        keypoints = detection.keypoints
+        confidence = None if math.isnan(detection.confidence) else detection.confidence
+        num_faces = detection.num_faces
+        if num_faces > 1:
+            notes.append(f"{num_faces} faces found; used the largest")
+        mask = detection.mask
+    else:
+        keypoints = _parse_keypoints(job.keypoints)
+        keypoints = keypoints * np.array([width, height]) / np.array(loaded.original_size)
+    if job.mask is not None:
+        mask = _load_mask(job.mask, (height, width))
+    elif loaded.alpha is not None:
+        mask = loaded.alpha
+        notes.append("used the image's alpha channel as the foreground mask")
+
+    x0, y0, side = _crop_box(keypoints, job.crop_scale)
+    if side < job.size / 2:
+        notes.append(f"object is small ({side:.0f} px crop); upscaled to {job.size} px")
+    image_rel = f"images/{job.name}.png"
+    crop = _crop(loaded.rgb, x0, y0, side, job.size)
+    Image.fromarray(crop).save(job.out / image_rel)
+    mask_rel = None
+    if mask is not None:
+        mask_rel = f"masks/{job.name}.png"
+        mask_crop = _crop((mask * 255).astype(np.uint8), x0, y0, side, job.size)
+        Image.fromarray(np.where(mask_crop >= 128, 255, 0).astype(np.uint8)).save(job.out / mask_rel)
+    crop_keypoints = (keypoints - np.array([x0, y0])) * (job.size / side)
+    return ImageRecord(
+        source=job.source.name,
+        status="ok",
+        image=image_rel,
+        mask=mask_rel,
+        keypoints=[None if not np.isfinite(p).all() else [float(p[0]), float(p[1])] for p in crop_keypoints],
+        confidence=confidence,
+        num_faces=num_faces,
+        crop_box=[float(x0), float(y0), float(side)],
+        notes=notes,
+    )
+
+
+def _parse_keypoints(raw: list) -> np.ndarray:
+    try:
+        pts = np.array([[np.nan, np.nan] if p is None else [float(p[0]), float(p[1])] for p in raw])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"landmarks must be a list of [x, y] pairs, got {str(raw)[:80]}") from exc
+    if pts.ndim != 2 or len(pts) < 5:
+        raise ValueError(f"need at least 5 keypoints per image, got {len(pts)}")
+    if np.isfinite(pts).all(axis=1).sum() < 4:
+        raise ValueError("fewer than 4 keypoints are present")
+    return pts
+
+
+def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    loaded = load_image(path)
+    mask = loaded.rgb.mean(axis=2) / 255.0 if loaded.alpha is None else loaded.alpha
+    if mask.shape != shape:
+        raise ValueError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
+    return mask
+
+
+def _crop_box(keypoints: np.ndarray, crop_scale: float) -> tuple[float, float, float]:
+    """A square around the keypoints: centred on their bounding box, crop_scale times its longer side."""
+    valid = keypoints[np.isfinite(keypoints).all(axis=1)]
+    lo, hi = valid.min(axis=0), valid.max(axis=0)
+    extent = float((hi - lo).max())
+    if extent < 2.0:
+        raise ValueError("keypoints are degenerate (all within 2 pixels)")
+    side = crop_scale * extent
+    centre = (lo + hi) / 2.0
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
+
+
+def _crop(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
+    """Resamples the square [x0, x0 + side) x [y0, y0 + side) to size x size, edges extended outwards."""
+    sx = sy = size / side
+    if sx < 0.5:  # shrink with area averaging first, so the affine resampling does not alias
+        height, width = image.shape[:2]
+        shrunk = (max(1, round(width * 2 * sx)), max(1, round(height * 2 * sx)))
+        image = cv2.resize(image, shrunk, interpolation=cv2.INTER_AREA)
+        sx, sy = sx * width / shrunk[0], sy * height / shrunk[1]  # what is left to do, per axis
+        x0, y0 = x0 * shrunk[0] / width, y0 * shrunk[1] / height
+    # Corner-origin coordinates: output X = (input X - x0) * s; OpenCV indexes pixel centres (X - 0.5).
+    matrix = np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]])
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,231 @@
+"""A procedural object category with exact ground truth: head-like shapes rendered on the CPU.
+
+Each identity is an ellipsoid head with a nose, eyes, a mouth and a hair cap, with random proportions and
+colours. Its five keypoints sit at the same semantic places as the face landmarks used for real photos (outer
+eye corners, nose tip, mouth corners), so the whole LOLNeRF data path can be checked against true cameras,
+depth and masks. Rendering is ray casting with open3d's RaycastingScene (no display or GPU needed).
+Identity i of a seed is the same whatever else is generated, so held-out identities can be re-rendered from
+any camera for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+from PIL import Image
+from tqdm import tqdm
+
+from onelook.cameras.geometry import look_at, orbit_positions, project
+
+KEYPOINT_NAMES = ("right_eye_outer", "left_eye_outer", "nose_tip", "mouth_right", "mouth_left")
+# Camera distribution of generated views (degrees, world units); the front of every head faces -Y.
+YAW_RANGE = (-35.0, 35.0)
+PITCH_RANGE = (-15.0, 20.0)
+ROLL_RANGE = (-8.0, 8.0)
+DISTANCE = 4.5
+FOCAL_FACTOR = 2.0  # focal length in pixels = FOCAL_FACTOR * image size (a 28 degree field of view)
+_LIGHT = np.array([0.4, -0.8, 0.6]) / np.linalg.norm([0.4, -0.8, 0.6])
+
+
+@dataclass
+class SynthHead:
+    """Shape and colour parameters of one identity."""
+
+    radii: tuple[float, float, float]  # head ellipsoid half-axes (x: width, y: depth, z: height)
+    nose_length: float
+    nose_radius: float
+    eye_spacing: float
+    eye_height: float
+    eye_radius: float
+    mouth_width: float
+    mouth_height: float
+    hair_line: float  # z above which the head is hair-coloured
+    skin: tuple[float, float, float]
+    hair: tuple[float, float, float]
+    eyes: tuple[float, float, float]
+    lips: tuple[float, float, float]
+    background: tuple[float, float, float]
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> SynthHead:
+        def colour(lo: float, hi: float) -> tuple[float, float, float]:
+            return tuple(float(c) for c in rng.uniform(lo, hi, 3))
+
+        skin_tone = rng.uniform(0.35, 0.95)
+        skin = (skin_tone, skin_tone * rng.uniform(0.7, 0.85), skin_tone * rng.uniform(0.55, 0.7))
+        return cls(
+            radii=(float(rng.uniform(0.55, 0.7)), float(rng.uniform(0.6, 0.75)), float(rng.uniform(0.78, 0.92))),
+            nose_length=float(rng.uniform(0.15, 0.3)),
+            nose_radius=float(rng.uniform(0.08, 0.12)),
+            eye_spacing=float(rng.uniform(0.2, 0.28)),
+            eye_height=float(rng.uniform(0.1, 0.2)),
+            eye_radius=float(rng.uniform(0.06, 0.09)),
+            mouth_width=float(rng.uniform(0.16, 0.24)),
+            mouth_height=float(rng.uniform(-0.4, -0.3)),
+            hair_line=float(rng.uniform(0.35, 0.6)),
+            skin=tuple(float(c) for c in skin),
+            hair=colour(0.05, 0.6),
+            eyes=colour(0.0, 0.35),
+            lips=(float(rng.uniform(0.5, 0.8)), float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.15, 0.3))),
+            background=colour(0.0, 1.0),
+        )
+
+    def _front_y(self, x: float, z: float) -> float:
+        """y of the head's front surface at (x, z)."""
+        a, b, c = self.radii
+        return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
+
+    def keypoints(self) -> np.ndarray:
+        """(5, 3) keypoints in the object's frame, in the order of KEYPOINT_NAMES."""
+        eye_x = self.eye_spacing + self.eye_radius
+        nose_z = 0.5 * (self.eye_height + self.mouth_height)
+        return np.array(
+            [
+                [-eye_x, self._front_y(-eye_x, self.eye_height), self.eye_height],
+                [eye_x, self._front_y(eye_x, self.eye_height), self.eye_height],
+                [0.0, self._front_y(0.0, nose_z) - self.nose_length, nose_z],
+                [-self.mouth_width, self._front_y(-self.mouth_width, self.mouth_height), self.mouth_height],
+                [self.mouth_width, self._front_y(self.mouth_width, self.mouth_height), self.mouth_height],
+            ]
+        )
+
+    def mesh(self) -> o3d.geometry.TriangleMesh:
+        """The head as one triangle mesh with per-vertex colours."""
+        head = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=40)
+        verts = np.asarray(head.vertices) * np.array(self.radii)
+        head.vertices = o3d.utility.Vector3dVector(verts)
+        colours = np.where(verts[:, 2:3] > self.hair_line, self.hair, self.skin)
+        head.vertex_colors = o3d.utility.Vector3dVector(colours)
+        parts = [head]
+
+        nose_z = 0.5 * (self.eye_height + self.mouth_height)
+        nose_base = self._front_y(0.0, nose_z)
+        nose = o3d.geometry.TriangleMesh.create_cone(self.nose_radius, self.nose_length + 0.05, resolution=24)
+        nose.rotate(o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0.0, 0.0)), center=(0, 0, 0))
+        nose.translate((0.0, nose_base + 0.05, nose_z))  # the cone's apex now points to -Y, at the tip
+        nose.paint_uniform_color(np.array(self.skin) * 0.9)
+        parts.append(nose)
+
+        for sign in (-1.0, 1.0):
+            x = sign * self.eye_spacing
+            eye = o3d.geometry.TriangleMesh.create_sphere(self.eye_radius, resolution=16)
+            eye.translate((x, self._front_y(x, self.eye_height) + 0.3 * self.eye_radius, self.eye_height))
+            eye.paint_uniform_color(self.eyes)
+            parts.append(eye)
+
+        mouth = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=20)
+        mouth.vertices = o3d.utility.Vector3dVector(
+            np.asarray(mouth.vertices) * np.array([self.mouth_width, 0.05, 0.04])
+        )
+        mouth.translate((0.0, self._front_y(0.0, self.mouth_height) + 0.02, self.mouth_height))
+        mouth.paint_uniform_color(self.lips)
+        parts.append(mouth)
+
+        combined = parts[0]
+        for part in parts[1:]:
+            combined += part
+        combined.compute_vertex_normals()
+        return combined
+
+
+@dataclass
+class Render:
+    rgb: np.ndarray  # (H, W, 3) float in [0, 1]
+    mask: np.ndarray  # (H, W) bool
+    depth: np.ndarray  # (H, W) float32, distance along the optical axis; 0 on the background
+
+
+def render(head: SynthHead, camera_to_world: np.ndarray, focal: float, size: int) -> Render:
+    """Ray casts one view of `head` (OpenGL camera-to-world, square image of `size` pixels)."""
+    mesh = head.mesh()
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    centres = np.arange(size) + 0.5
+    u, v = np.meshgrid(centres, centres)
+    # Directions with a unit component along the optical axis: the hit distance is then the depth.
+    dirs_cam = np.stack([(u - size / 2) / focal, -(v - size / 2) / focal, -np.ones_like(u)], axis=-1)
+    dirs = dirs_cam @ camera_to_world[:3, :3].T
+    origins = np.broadcast_to(camera_to_world[:3, 3], dirs.shape)
+    rays = o3d.core.Tensor(np.concatenate([origins, dirs], axis=-1).astype(np.float32))
+    hits = scene.cast_rays(rays)
+    t_hit = hits["t_hit"].numpy()
+    mask = np.isfinite(t_hit)
+    prim = np.where(mask, hits["primitive_ids"].numpy(), 0).astype(np.int64)
+    bary = hits["primitive_uvs"].numpy()
+    tris = np.asarray(mesh.triangles)[prim]  # (H, W, 3) vertex ids
+    weights = np.stack([1.0 - bary[..., 0] - bary[..., 1], bary[..., 0], bary[..., 1]], axis=-1)[..., None]
+    albedo = (weights * np.asarray(mesh.vertex_colors)[tris]).sum(axis=2)
+    normals = (weights * np.asarray(mesh.vertex_normals)[tris]).sum(axis=2)  # smooth shading
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(min=1e-9)
+    shade = 0.35 + 0.65 * np.clip(normals @ _LIGHT, 0.0, 1.0)
+    rgb = np.where(mask[..., None], albedo * shade[..., None], np.array(head.background))
+    depth = np.where(mask, t_hit, 0.0).astype(np.float32)
+    return Render(rgb=np.clip(rgb, 0.0, 1.0), mask=mask, depth=depth)
+
+
+def sample_view(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """A random camera-to-world from the category's view distribution, and its yaw/pitch/roll."""
+    yaw, pitch, roll = rng.uniform(*YAW_RANGE), rng.uniform(*PITCH_RANGE), rng.uniform(*ROLL_RANGE)
+    target = rng.uniform(-0.05, 0.05, 3)
+    c2w = look_at(orbit_positions(yaw, pitch, DISTANCE) + target, target)[0]
+    c, s = np.cos(np.radians(roll)), np.sin(np.radians(roll))
+    c2w[:3, :3] = c2w[:3, :3] @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return c2w, {"yaw": float(yaw), "pitch": float(pitch), "roll": float(roll)}
+
+
+def identity(seed: int, index: int) -> tuple[SynthHead, np.ndarray, dict[str, float]]:
+    """Identity `index` of the category drawn with `seed`, and the camera of its one training view."""
+    rng = np.random.default_rng([seed, index])
+    head = SynthHead.sample(rng)
+    c2w, angles = sample_view(rng)
+    return head, c2w, angles
+
+
+def generate(n: int, size: int, seed: int, out: Path, progress: bool = True) -> Path:
+    """Writes n single views (one per identity) with images, masks, depth, true cameras and keypoints.
+
+    Layout: images/, masks/, depth/ (float32 .npy), synth.json (everything true), and landmarks.json (file
+    name -> 5 [x, y] pixel keypoints), which `onelook prepare --landmarks` reads.
+    """
+    if n < 1 or size < 16:
+        raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
+    out = Path(out)
+    for sub in ("images", "masks", "depth"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    focal = FOCAL_FACTOR * size
+    frames, landmarks = [], {}
+    for i in tqdm(range(n), desc="rendering synthetic views", disable=not progress):
+        head, c2w, angles = identity(seed, i)
+        view = render(head, c2w, focal, size)
+        name = f"{i:05d}.png"
+        Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / name)
+        Image.fromarray(view.mask.astype(np.uint8) * 255).save(out / "masks" / name)
+        np.save(out / "depth" / f"{i:05d}.npy", view.depth)
+        keypoints_3d = head.keypoints()
+        keypoints_2d = project(keypoints_3d, c2w[None], focal, (size, size))[0][0]
+        landmarks[name] = keypoints_2d.tolist()
+        frames.append(
+            {
+                "file": name,
+                "identity": i,
+                "camera_to_world": c2w.tolist(),
+                "angles": angles,
+                "keypoints_2d": keypoints_2d.tolist(),
+                "keypoints_3d": keypoints_3d.tolist(),
+                "head": asdict(head),
+            }
+        )
+    meta = {
+        "seed": seed,
+        "image_size": [size, size],
+        "focal_length": focal,
+        "keypoint_names": list(KEYPOINT_NAMES),
+        "frames": frames,
+    }
+    (out / "synth.json").write_text(json.dumps(meta, indent=1))
+    (out / "landmarks.json").write_text(json.dumps(landmarks, indent=1))
+    return out
