@@ -1,0 +1,1 @@
+"""Building blocks of fields: latent-conditioned MLPs and the per-image latent table."""

@@ -1,0 +1,1 @@
+"""nerfstudio fields of the methods."""

@@ -1,0 +1,1 @@
+"""Losses and rendering helpers shared by the methods."""

@@ -1,0 +1,190 @@
+"""LOLNeRF as a nerfstudio model: GLO latents + a latent-conditioned NeRF, split into foreground and background.
+
+Per ray: the latent of its image (camera metadata `latent_idx`, or an explicit `latent` in the ray bundle's
+metadata when fitting a new photo); foreground samples inside the scene sphere, coarse then importance
+(PDF) samples evaluated by one foreground field; background samples in a shell behind the sphere, evaluated
+by a smaller background field; colour = foreground + (1 - foreground opacity) * background.
+Losses: RGB (coarse and fine), mask on the foreground opacity, hard surface on the foreground weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor
+from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from onelook.field_components.latent_table import LatentTable
+from onelook.fields.lolnerf_field import LOLNeRFField
+from onelook.model_components.losses import hard_surface_loss, mask_loss
+
+
+@dataclass
+class LOLNeRFModelConfig(ModelConfig):
+    _target: type = field(default_factory=lambda: LOLNeRFModel)
+    enable_collider: bool = False  # the model intersects rays with its own scene sphere
+    latent_dim: int = 256
+    """Size of each image's latent code (the paper leaves it open; 256 as suggested for faces)."""
+    latent_init_std: float = 0.01
+    num_layers: int = 8
+    width: int = 256
+    num_frequencies: int = 10
+    background_layers: int = 4
+    background_width: int = 128
+    num_coarse_samples: int = 64
+    num_fine_samples: int = 64
+    num_background_samples: int = 32
+    scene_radius: float = 1.5
+    """Foreground sphere around the origin (canonical keypoints have RMS radius 0.25 there)."""
+    background_depth: float = 2.0
+    """Thickness of the background shell behind the foreground sphere."""
+    mask_loss_weight: float = 1.0
+    hard_surface_loss_weight: float = 0.1
+    hard_surface_start_step: int = 500
+    """The hard-surface loss waits until a rough shape exists, else it can freeze an empty scene."""
+    coarse_loss_weight: float = 1.0
+
+
+class LOLNeRFModel(Model):
+    config: LOLNeRFModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        cfg = self.config
+        num_latents = int(self.kwargs.get("metadata", {}).get("num_latents", self.num_train_data))
+        self.latents = LatentTable(num_latents, cfg.latent_dim, cfg.latent_init_std)
+        self.foreground = LOLNeRFField(
+            cfg.latent_dim, cfg.num_layers, cfg.width, (cfg.num_layers // 2,), cfg.num_frequencies, cfg.scene_radius
+        )
+        self.background = LOLNeRFField(
+            cfg.latent_dim,
+            cfg.background_layers,
+            cfg.background_width,
+            (),
+            cfg.num_frequencies // 2,
+            cfg.scene_radius + cfg.background_depth,
+        )
+        self.sampler_coarse = UniformSampler(num_samples=cfg.num_coarse_samples)
+        self.sampler_fine = PDFSampler(num_samples=cfg.num_fine_samples)
+        self.sampler_background = UniformSampler(num_samples=cfg.num_background_samples)
+        self.renderer_rgb = RGBRenderer(background_color="black")  # black: what is left is composited below
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="expected")
+        self.step = 0
+
+    def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {
+            "fields": list(self.foreground.parameters()) + list(self.background.parameters()),
+            "latents": list(self.latents.parameters()),
+        }
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
+        def set_step(step: int) -> None:
+            self.step = step
+
+        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_step)]
+
+    def latents_for(self, ray_bundle: RayBundle) -> Tensor:
+        """Each ray's latent: explicit in metadata, else looked up by the image's latent index."""
+        metadata = ray_bundle.metadata or {}
+        if "latent" in metadata:
+            return metadata["latent"]
+        indices = metadata.get("latent_idx", ray_bundle.camera_indices)
+        return self.latents(indices)
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
+        latent = self.latents_for(ray_bundle)
+        ray_bundle.metadata = {**(ray_bundle.metadata or {}), "latent": latent}
+        ray_bundle.nears, ray_bundle.fars = sphere_interval(
+            ray_bundle.origins, ray_bundle.directions, self.config.scene_radius
+        )
+
+        coarse = self.sampler_coarse(ray_bundle)
+        density_c, features_c = self.foreground.get_density(coarse)
+        weights_c = coarse.get_weights(density_c)
+        fine = self.sampler_fine(ray_bundle, coarse, weights_c)
+        density_f, features_f = self.foreground.get_density(fine)
+        weights_f = fine.get_weights(density_f)
+
+        shell = RayBundle(
+            origins=ray_bundle.origins,
+            directions=ray_bundle.directions,
+            pixel_area=ray_bundle.pixel_area,
+            camera_indices=ray_bundle.camera_indices,
+            nears=ray_bundle.fars,
+            fars=ray_bundle.fars + self.config.background_depth,
+            metadata=ray_bundle.metadata,
+        )
+        back = self.sampler_background(shell)
+        density_b, features_b = self.background.get_density(back)
+        weights_b = back.get_weights(density_b)
+        rgb_background = self.renderer_rgb(
+            rgb=self.background.get_outputs(back, features_b)[FieldHeadNames.RGB], weights=weights_b
+        )
+
+        outputs = {"rgb_background": rgb_background}
+        for name, samples, features, weights in (("_coarse", coarse, features_c, weights_c), ("", fine, features_f, weights_f)):
+            rgb_fg = self.renderer_rgb(rgb=self.foreground.get_outputs(samples, features)[FieldHeadNames.RGB], weights=weights)
+            accumulation = self.renderer_accumulation(weights)
+            outputs["rgb" + name] = rgb_fg + (1.0 - accumulation) * rgb_background
+            outputs["accumulation" + name] = accumulation
+        outputs["rgb_foreground"] = rgb_fg
+        outputs["depth"] = self.renderer_depth(weights_f, fine)  # along the ray, normalised by opacity
+        outputs["weights"] = weights_f
+        return outputs
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:
+        image = batch["image"].to(self.device)[..., :3]
+        return {"psnr": peak_signal_noise_ratio(outputs["rgb"], image, data_range=1.0)}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
+        cfg = self.config
+        image = batch["image"].to(self.device)[..., :3]
+        loss = {
+            "rgb_loss": F.mse_loss(outputs["rgb"], image),
+            "rgb_loss_coarse": cfg.coarse_loss_weight * F.mse_loss(outputs["rgb_coarse"], image),
+        }
+        if "mask" in batch and cfg.mask_loss_weight > 0:
+            mask = batch["mask"].to(self.device).float()
+            loss["mask_loss"] = cfg.mask_loss_weight * (
+                mask_loss(outputs["accumulation"], mask) + mask_loss(outputs["accumulation_coarse"], mask)
+            )
+        if self.training and self.step >= cfg.hard_surface_start_step and cfg.hard_surface_loss_weight > 0:
+            loss["hard_surface_loss"] = cfg.hard_surface_loss_weight * hard_surface_loss(outputs["weights"])
+        return loss
+
+    def get_image_metrics_and_images(self, outputs, batch) -> tuple[dict[str, float], dict[str, Tensor]]:
+        image = batch["image"].to(self.device)[..., :3]
+        rgb = outputs["rgb"].clamp(0.0, 1.0)
+        pred, gt = rgb.permute(2, 0, 1)[None], image.permute(2, 0, 1)[None]
+        metrics = {
+            "psnr": float(peak_signal_noise_ratio(pred, gt, data_range=1.0)),
+            "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),
+        }
+        images = {
+            "img": torch.cat([image, rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images
+
+
+def sphere_interval(origins: Tensor, directions: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    """Near and far distances of rays through a sphere at the origin; a ray that misses gets an empty interval
+    at its closest approach, so that the background shell still starts behind the object."""
+    a = (directions * directions).sum(dim=-1, keepdim=True)
+    b = (origins * directions).sum(dim=-1, keepdim=True)
+    c = (origins * origins).sum(dim=-1, keepdim=True) - radius**2
+    closest = -b / a
+    half = torch.sqrt((b * b - a * c).clamp(min=0.0)) / a
+    nears = (closest - half).clamp(min=1e-3)
+    return nears, torch.maximum(closest + half, nears + 1e-4)
