@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("images_dir", type=Path)
     prep.add_argument("--out", type=Path, required=True, help="dataset folder (re-running resumes)")
     prep.add_argument(
-        "--landmarks", type=Path, help="JSON: image file name -> K [x, y] pixel keypoints (default: MediaPipe faces)"
+        "--landmarks",
+        type=Path,
+        help="JSON: image file name -> K [x, y] pixel keypoints (default: MediaPipe faces)",
     )
     prep.add_argument("--masks", type=Path, help="folder of PNG foreground masks with the images' file names")
     prep.add_argument("--focal-length", type=float, help="pixels of the --size crop (default: estimated)")

@@ -28,7 +28,11 @@ def orbit_positions(yaw_deg: np.ndarray, pitch_deg: np.ndarray, distance: np.nda
     yaw, pitch = np.radians(yaw_deg), np.radians(pitch_deg)
     distance = np.asarray(distance, dtype=np.float64)
     return np.stack(
-        [distance * np.cos(pitch) * np.sin(yaw), -distance * np.cos(pitch) * np.cos(yaw), distance * np.sin(pitch)],
+        [
+            distance * np.cos(pitch) * np.sin(yaw),
+            -distance * np.cos(pitch) * np.cos(yaw),
+            distance * np.sin(pitch),
+        ],
         axis=-1,
     )
 

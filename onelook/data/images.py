@@ -36,6 +36,7 @@ def load_image(path: str | Path) -> LoadedImage:
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
             try:
                 img = Image.open(path)
+                full_size = img.size  # draft() may decode a JPEG at 1/2, 1/4 or 1/8 of this
                 img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEGs decode straight at a reduced size
                 img.load()
             finally:
@@ -51,13 +52,15 @@ def load_image(path: str | Path) -> LoadedImage:
     if orientation not in (None, 1):
         notes.append(f"turned upright by its EXIF orientation tag ({orientation})")
         img = ImageOps.exif_transpose(img)
-    width, height = img.size
+        if orientation in (5, 6, 7, 8):  # quarter turns swap the sides
+            full_size = full_size[::-1]
+    width, height = full_size
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"image is too small ({width}x{height}); need at least {MIN_SIDE} pixels per side")
 
     rgb, alpha = _to_rgb(img, notes)
     if max(width, height) > MAX_SIDE:
-        factor = MAX_SIDE / max(width, height)
+        factor = MAX_SIDE / max(width, height)  # relative to the full size, whatever draft() decoded
         new_size = (max(1, round(width * factor)), max(1, round(height * factor)))
         rgb = np.asarray(Image.fromarray(rgb).resize(new_size, Image.Resampling.LANCZOS))
         if alpha is not None:

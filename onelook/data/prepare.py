@@ -84,7 +84,12 @@ def prepare_dataset(
 
     for sub in ("images", "masks", "records"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    options = {"size": size, "crop_scale": crop_scale, "landmarks": given is not None, "masks": masks is not None}
+    options = {
+        "size": size,
+        "crop_scale": crop_scale,
+        "landmarks": given is not None,
+        "masks": masks is not None,
+    }
     options_path = out / _OPTIONS
     if options_path.exists() and json.loads(options_path.read_text()) != options:
         for old in (out / "records").glob("*.json"):

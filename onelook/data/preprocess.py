@@ -13,10 +13,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from onelook.data.crop import crop_square
 from onelook.data.images import ImageError, load_image
 
 _landmarker = None  # one MediaPipe FaceLandmarker per worker process
@@ -116,12 +116,12 @@ def _process(job: ImageJob) -> ImageRecord:
     if side < job.size / 2:
         notes.append(f"object is small ({side:.0f} px crop); upscaled to {job.size} px")
     image_rel = f"images/{job.name}.png"
-    crop = _crop(loaded.rgb, x0, y0, side, job.size)
+    crop = crop_square(loaded.rgb, x0, y0, side, job.size)
     Image.fromarray(crop).save(job.out / image_rel)
     mask_rel = None
     if mask is not None:
         mask_rel = f"masks/{job.name}.png"
-        mask_crop = _crop((mask * 255).astype(np.uint8), x0, y0, side, job.size)
+        mask_crop = crop_square((mask * 255).astype(np.uint8), x0, y0, side, job.size)
         Image.fromarray(np.where(mask_crop >= 128, 255, 0).astype(np.uint8)).save(job.out / mask_rel)
     crop_keypoints = (keypoints - np.array([x0, y0])) * (job.size / side)
     return ImageRecord(
@@ -167,17 +167,3 @@ def _crop_box(keypoints: np.ndarray, crop_scale: float) -> tuple[float, float, f
     side = crop_scale * extent
     centre = (lo + hi) / 2.0
     return float(centre[0] - side / 2), float(centre[1] - side / 2), side
-
-
-def _crop(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
-    """Resamples the square [x0, x0 + side) x [y0, y0 + side) to size x size, edges extended outwards."""
-    sx = sy = size / side
-    if sx < 0.5:  # shrink with area averaging first, so the affine resampling does not alias
-        height, width = image.shape[:2]
-        shrunk = (max(1, round(width * 2 * sx)), max(1, round(height * 2 * sx)))
-        image = cv2.resize(image, shrunk, interpolation=cv2.INTER_AREA)
-        sx, sy = sx * width / shrunk[0], sy * height / shrunk[1]  # what is left to do, per axis
-        x0, y0 = x0 * shrunk[0] / width, y0 * shrunk[1] / height
-    # Corner-origin coordinates: output X = (input X - x0) * s; OpenCV indexes pixel centres (X - 0.5).
-    matrix = np.array([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]])
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

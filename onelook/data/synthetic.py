@@ -58,7 +58,11 @@ class SynthHead:
         skin_tone = rng.uniform(0.35, 0.95)
         skin = (skin_tone, skin_tone * rng.uniform(0.7, 0.85), skin_tone * rng.uniform(0.55, 0.7))
         return cls(
-            radii=(float(rng.uniform(0.55, 0.7)), float(rng.uniform(0.6, 0.75)), float(rng.uniform(0.78, 0.92))),
+            radii=(
+                float(rng.uniform(0.55, 0.7)),
+                float(rng.uniform(0.6, 0.75)),
+                float(rng.uniform(0.78, 0.92)),
+            ),
             nose_length=float(rng.uniform(0.15, 0.3)),
             nose_radius=float(rng.uniform(0.08, 0.12)),
             eye_spacing=float(rng.uniform(0.2, 0.28)),

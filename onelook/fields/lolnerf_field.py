@@ -31,7 +31,10 @@ class LOLNeRFField(Field):
         super().__init__()
         self.position_scale = position_scale
         self.encoding = NeRFEncoding(
-            in_dim=3, num_frequencies=num_frequencies, min_freq_exp=0.0, max_freq_exp=num_frequencies - 2,
+            in_dim=3,
+            num_frequencies=num_frequencies,
+            min_freq_exp=0.0,
+            max_freq_exp=num_frequencies - 2,
             include_input=True,
         )
         self.mlp = LatentConditionedMLP(self.encoding.get_out_dim(), latent_dim, num_layers, width, skips)

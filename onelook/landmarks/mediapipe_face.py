@@ -7,10 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onelook.data.crop import crop_square
+
 # Face Mesh vertices used as LOLNeRF's keypoints, in the subject's terms: outer eye corners, nose tip, mouth
 # corners (33 appears on the image's left in a frontal photo).
 FACE_MESH_INDICES = (33, 263, 1, 61, 291)
 FACE_KEYPOINT_NAMES = ("right_eye_outer", "left_eye_outer", "nose_tip", "mouth_right", "mouth_left")
+CROP_FACTOR = 2.0  # Face Mesh runs on a square this many times the detected face box...
+MESH_INPUT_SIZE = 256  # ...resampled to this many pixels
 
 
 class NoFaceError(ValueError):
@@ -42,35 +46,47 @@ class FaceLandmarker:
         self._segmenter = solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def detect(self, rgb: np.ndarray) -> FaceDetection:
-        """Landmarks of the largest face in an (H, W, 3) uint8 RGB image; raises NoFaceError if there is none."""
-        height, width = rgb.shape[:2]
+        """Landmarks of the largest face in an (H, W, 3) uint8 RGB image; raises NoFaceError if there is none.
+
+        The full-range face detector finds every face (Face Mesh alone squeezes the whole image into its
+        detector's small input and misses small or off-centre faces); Face Mesh then runs on a square crop
+        around the largest one.
+        """
         rgb = np.ascontiguousarray(rgb)
-        faces = self._mesh.process(rgb).multi_face_landmarks or []
-        if not faces:
-            raise NoFaceError("no face found")
-        all_points = [np.array([[p.x * width, p.y * height] for p in face.landmark]) for face in faces]
-        areas = [np.prod(pts.max(axis=0) - pts.min(axis=0)) for pts in all_points]
-        points = all_points[int(np.argmax(areas))]
-        keypoints = points[list(FACE_MESH_INDICES)]
+        height, width = rgb.shape[:2]
+        boxes = []
+        for det in self._detector.process(rgb).detections or []:
+            box = det.location_data.relative_bounding_box
+            boxes.append((box.xmin * width, box.ymin * height, box.width * width, box.height * height, det.score[0]))
+        if boxes:
+            x, y, w, h, confidence = max(boxes, key=lambda b: b[2] * b[3])
+            side = CROP_FACTOR * max(w, h)
+            x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
+            crop = crop_square(rgb, x0, y0, side, MESH_INPUT_SIZE)
+            points = self._mesh_points(crop)
+            if points is None:
+                raise NoFaceError("a face was detected but Face Mesh found no landmarks on it")
+            points = points * (side / crop.shape[0]) + np.array([x0, y0])
+        else:  # the detector can miss a face filling the whole frame, which Face Mesh still finds
+            points, confidence = self._mesh_points(rgb), float("nan")
+            if points is None:
+                raise NoFaceError("no face found")
         mask = self._segmenter.process(rgb).segmentation_mask
         return FaceDetection(
-            keypoints=keypoints,
-            confidence=self._confidence(rgb, points),
-            num_faces=len(faces),
+            keypoints=points[list(FACE_MESH_INDICES)],
+            confidence=float(confidence),
+            num_faces=max(len(boxes), 1),
             mask=np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0),
         )
 
-    def _confidence(self, rgb: np.ndarray, face_points: np.ndarray) -> float:
-        """Score of the face detector's box that contains the chosen face's centre."""
+    def _mesh_points(self, rgb: np.ndarray) -> np.ndarray | None:
+        """All Face Mesh landmarks (468, 2) in pixels of the largest face, or None."""
         height, width = rgb.shape[:2]
-        centre = face_points.mean(axis=0)
-        best = float("nan")
-        for det in self._detector.process(rgb).detections or []:
-            box = det.location_data.relative_bounding_box
-            x0, y0 = box.xmin * width, box.ymin * height
-            if x0 <= centre[0] <= x0 + box.width * width and y0 <= centre[1] <= y0 + box.height * height:
-                best = max(float(det.score[0]), 0.0 if np.isnan(best) else best)
-        return best
+        faces = self._mesh.process(rgb).multi_face_landmarks or []
+        if not faces:
+            return None
+        all_points = [np.array([[p.x * width, p.y * height] for p in face.landmark]) for face in faces]
+        return max(all_points, key=lambda pts: np.prod(pts.max(axis=0) - pts.min(axis=0)))
 
     def close(self) -> None:
         for graph in (self._mesh, self._detector, self._segmenter):

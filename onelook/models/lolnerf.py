@@ -63,7 +63,12 @@ class LOLNeRFModel(Model):
         num_latents = int(self.kwargs.get("metadata", {}).get("num_latents", self.num_train_data))
         self.latents = LatentTable(num_latents, cfg.latent_dim, cfg.latent_init_std)
         self.foreground = LOLNeRFField(
-            cfg.latent_dim, cfg.num_layers, cfg.width, (cfg.num_layers // 2,), cfg.num_frequencies, cfg.scene_radius
+            cfg.latent_dim,
+            cfg.num_layers,
+            cfg.width,
+            (cfg.num_layers // 2,),
+            cfg.num_frequencies,
+            cfg.scene_radius,
         )
         self.background = LOLNeRFField(
             cfg.latent_dim,
@@ -132,8 +137,13 @@ class LOLNeRFModel(Model):
         )
 
         outputs = {"rgb_background": rgb_background}
-        for name, samples, features, weights in (("_coarse", coarse, features_c, weights_c), ("", fine, features_f, weights_f)):
-            rgb_fg = self.renderer_rgb(rgb=self.foreground.get_outputs(samples, features)[FieldHeadNames.RGB], weights=weights)
+        for name, samples, features, weights in (
+            ("_coarse", coarse, features_c, weights_c),
+            ("", fine, features_f, weights_f),
+        ):
+            rgb_fg = self.renderer_rgb(
+                rgb=self.foreground.get_outputs(samples, features)[FieldHeadNames.RGB], weights=weights
+            )
             accumulation = self.renderer_accumulation(weights)
             outputs["rgb" + name] = rgb_fg + (1.0 - accumulation) * rgb_background
             outputs["accumulation" + name] = accumulation

@@ -1,0 +1,98 @@
+"""fit_cameras against synthetic keypoints with exact ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onelook.cameras import fit_cameras
+from onelook.cameras.fit import CANONICAL_RMS_RADIUS
+from onelook.cameras.geometry import look_at, orbit_positions, project, rotation_errors_deg, similarity_align
+
+# A face-like layout of the five keypoints (eye corners, nose tip, mouth corners), front facing -Y.
+SHAPE = np.array([[-0.45, 0.0, 0.15], [0.45, 0.0, 0.15], [0.0, -0.35, -0.1], [-0.3, -0.1, -0.35], [0.3, -0.1, -0.35]])
+SIZE = (120, 160)  # (H, W): not square, so that x/y mix-ups show
+FOCAL = 2.0 * 160
+
+
+def make_views(n: int, noise_frac: float = 0.0, outlier_frac: float = 0.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    positions = orbit_positions(rng.uniform(-40, 40, n), rng.uniform(-20, 25, n), rng.uniform(3.5, 4.5, n))
+    c2w = look_at(positions + rng.normal(0, 0.05, (n, 3)))
+    uv, _ = project(SHAPE, c2w, FOCAL, SIZE)
+    uv = uv + rng.normal(0, noise_frac * SIZE[1], uv.shape)
+    outlier = rng.random(n) < outlier_frac
+    uv[outlier] = rng.uniform(0, SIZE[1], (outlier.sum(), 5, 2))
+    return uv, c2w, outlier
+
+
+def test_exact_keypoints_give_exact_cameras():
+    uv, c2w, _ = make_views(60)
+    fit = fit_cameras(uv, SIZE, focal_length=FOCAL)
+    err = rotation_errors_deg(fit.camera_to_world, c2w, fit.canonical_points, SHAPE)
+    assert err.max() < 0.05
+    assert fit.residual_px.max() < 0.01
+    assert fit.inlier.all()
+    scale, rot, trans = similarity_align(fit.canonical_points, SHAPE)
+    np.testing.assert_allclose(scale * fit.canonical_points @ rot.T + trans, SHAPE, atol=1e-4)
+
+
+def test_conventions_reproject_the_landmarks():
+    """OpenGL camera-to-world, pixel origin at the top-left corner: projecting the result gives the input back."""
+    uv, _, _ = make_views(40, noise_frac=0.005, seed=1)
+    fit = fit_cameras(uv, SIZE, focal_length=FOCAL)
+    reproj, depth = project(fit.canonical_points, fit.camera_to_world, fit.focal_length, SIZE)
+    assert (depth > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(reproj - uv, axis=2).mean(axis=1), fit.residual_px, atol=1e-6)
+    # The canonical frame: centroid at the origin, RMS radius fixed, cameras on average in front (-Y), +Z up.
+    np.testing.assert_allclose(fit.canonical_points.mean(0), 0.0, atol=1e-9)
+    assert np.sqrt((fit.canonical_points**2).sum(1).mean()) == pytest.approx(CANONICAL_RMS_RADIUS)
+    assert fit.camera_to_world[:, 1, 3].mean() < 0
+    assert fit.camera_to_world[:, 2, 1].mean() > 0.9  # camera +Y (up) is world +Z on average
+    assert fit.canonical_points[2, 1] < fit.canonical_points[[0, 1, 3, 4], 1].mean()  # the nose points at them
+
+
+@pytest.mark.parametrize("focal", [FOCAL, None])
+def test_noise_and_outliers(focal):
+    uv, c2w, outlier = make_views(1500, noise_frac=0.01, outlier_frac=0.03, seed=2)
+    fit = fit_cameras(uv, SIZE, focal_length=focal)
+    err = rotation_errors_deg(fit.camera_to_world[~outlier], c2w[~outlier], fit.canonical_points, SHAPE)
+    # 1% of the width is 1.6 px of noise on 5 points: a few degrees per camera is the floor (see the benchmark).
+    assert np.median(err) < 5.0
+    assert (~fit.inlier[outlier]).mean() > 0.9  # gross misdetections are flagged...
+    assert (~fit.inlier[~outlier]).mean() < 0.01  # ...and good images are not
+    if focal is None:
+        assert np.ptp(fit.focal_length) == 0  # one focal length shared by all images
+        assert 0.5 * FOCAL < fit.focal_length[0] < 2.0 * FOCAL
+
+
+def test_missing_keypoints_and_weights():
+    uv, c2w, _ = make_views(80, noise_frac=0.002, seed=3)
+    uv[::7, 3] = np.nan  # a mouth corner not found in some images
+    weights = np.ones(uv.shape[:2])
+    weights[2::7, 0] = 0.0  # an eye corner with zero confidence in others
+    fit = fit_cameras(uv, SIZE, focal_length=FOCAL, weights=weights)
+    err = rotation_errors_deg(fit.camera_to_world, c2w, fit.canonical_points, SHAPE)
+    assert np.median(err) < 1.0
+    assert np.isfinite(fit.residual_px).all()
+
+
+@pytest.mark.parametrize(
+    "landmarks, size, message",
+    [
+        (np.zeros((10, 4, 2)), SIZE, "at least 5 keypoints"),
+        (np.zeros((2, 5, 2)), SIZE, "at least 3 images"),
+        (np.zeros((10, 5, 3)), SIZE, r"shape \(N, K, 2\)"),
+        (np.zeros((10, 5, 2)), (0, 10), "image_size"),
+        (np.full((10, 5, 2), np.nan), SIZE, "at least 4 keypoints"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(landmarks, size, message):
+    with pytest.raises(ValueError, match=message):
+        fit_cameras(landmarks, size)
+
+
+def test_bad_focal_length_is_rejected():
+    uv, _, _ = make_views(10)
+    with pytest.raises(ValueError, match="focal_length"):
+        fit_cameras(uv, SIZE, focal_length=-3.0)

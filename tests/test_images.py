@@ -1,0 +1,103 @@
+"""load_image turns every kind of image file into 8-bit RGB, or fails with a specific ImageError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from onelook.data.images import MAX_SIDE, ImageError, load_image
+
+
+@pytest.fixture
+def astronaut() -> np.ndarray:
+    return data.astronaut()
+
+
+def test_rgb_roundtrip(tmp_path, astronaut):
+    Image.fromarray(astronaut).save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(loaded.rgb, astronaut)
+    assert loaded.alpha is None and loaded.notes == [] and loaded.original_size == (512, 512)
+
+
+def test_grayscale(tmp_path, astronaut):
+    Image.fromarray(astronaut).convert("L").save(tmp_path / "g.png")
+    loaded = load_image(tmp_path / "g.png")
+    assert loaded.rgb.shape == (512, 512, 3)
+    assert (loaded.rgb[..., 0] == loaded.rgb[..., 2]).all()
+    assert "mode L" in loaded.notes[0]
+
+
+def test_16_bit(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (48, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    loaded = load_image(tmp_path / "deep.png")
+    assert loaded.rgb.dtype == np.uint8 and loaded.rgb.shape == (48, 64, 3)
+    assert loaded.rgb[0, 0, 0] == 0 and loaded.rgb[0, -1, 0] == 255  # the full range maps onto 8 bits
+    assert "16-bit" in loaded.notes[0]
+
+
+def test_rgba_keeps_alpha(tmp_path, astronaut):
+    alpha = np.zeros(astronaut.shape[:2], np.uint8)
+    alpha[100:300, 150:350] = 255
+    Image.fromarray(np.dstack([astronaut, alpha])).save(tmp_path / "cut.png")
+    loaded = load_image(tmp_path / "cut.png")
+    assert loaded.rgb.shape == (512, 512, 3)
+    assert loaded.alpha[200, 200] == 1.0 and loaded.alpha[10, 10] == 0.0
+
+
+def test_cmyk(tmp_path, astronaut):
+    Image.fromarray(astronaut).convert("CMYK").save(tmp_path / "print.jpg")
+    loaded = load_image(tmp_path / "print.jpg")
+    assert loaded.rgb.shape == (512, 512, 3)
+    assert np.abs(loaded.rgb.astype(int) - astronaut).mean() < 20
+    assert "CMYK" in loaded.notes[0]
+
+
+def test_exif_rotation(tmp_path, astronaut):
+    img = Image.fromarray(astronaut[:, :400])  # 512 high, 400 wide
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored sideways: viewers turn it 90 degrees clockwise
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    loaded = load_image(tmp_path / "phone.jpg")
+    assert loaded.rgb.shape == (400, 512, 3)
+    assert loaded.original_size == (512, 400)
+    assert "EXIF" in loaded.notes[0]
+
+
+def test_huge_image_is_downscaled(tmp_path):
+    Image.new("RGB", (12000, 9000), (200, 120, 40)).save(tmp_path / "huge.jpg", quality=50)
+    loaded = load_image(tmp_path / "huge.jpg")
+    assert max(loaded.rgb.shape[:2]) == MAX_SIDE
+    assert loaded.original_size == (12000, 9000)
+    assert "downscaled from 12000x9000" in loaded.notes[-1]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"just some text, not an image", "not an image"),
+        (b"", "not an image"),
+    ],
+)
+def test_not_an_image(tmp_path, content, message):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=message):
+        load_image(path)
+
+
+def test_truncated_file(tmp_path, astronaut):
+    Image.fromarray(astronaut).save(tmp_path / "full.png")
+    data_bytes = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data_bytes[: len(data_bytes) // 3])
+    with pytest.raises(ImageError, match="corrupt"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_tiny_image(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    with pytest.raises(ImageError, match=r"too small \(8x8\)"):
+        load_image(tmp_path / "tiny.png")

@@ -1,0 +1,94 @@
+"""LOLNeRF's losses, latent routing and training steps, on a pipeline built directly (no ns-train start-up)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from onelook.model_components.losses import HARD_SURFACE_OFFSET, hard_surface_loss, mask_loss
+
+
+def test_hard_surface_loss_values_and_gradients():
+    w = torch.tensor([0.0, 0.5, 1.0], requires_grad=True)
+    per_sample = [hard_surface_loss(w[i : i + 1]) for i in range(3)]
+    assert per_sample[0].item() == pytest.approx(0.0, abs=1e-7)
+    assert per_sample[2].item() == pytest.approx(0.0, abs=1e-7)
+    assert per_sample[1].item() == pytest.approx(0.5 - math.log(2.0) + HARD_SURFACE_OFFSET, abs=1e-6)
+    assert HARD_SURFACE_OFFSET == pytest.approx(0.31326165795326233)
+    grads = [torch.autograd.grad(v, w)[0][i].item() for i, v in enumerate(per_sample)]
+    # Minima at 0 and 1 (flat there, and the clamp holds weights inside [0, 1]); a maximum at 0.5.
+    assert grads == pytest.approx([0.0, 0.0, 0.0], abs=1e-7)
+    # Inside (0, 1) the gradient is (e^-w - e^-(1-w)) / (e^-w + e^-(1-w)): towards the nearer of 0 and 1.
+    near = torch.tensor([0.01, 0.3, 0.7, 0.99], requires_grad=True)
+    (grad,) = torch.autograd.grad(hard_surface_loss(near) * 4, near)
+    a, b = torch.exp(-near.detach()), torch.exp(-(1 - near.detach()))
+    torch.testing.assert_close(grad, (a - b) / (a + b))
+    assert grad[0] > 0.45 and grad[3] < -0.45
+
+
+def test_mask_loss():
+    acc = torch.tensor([[0.0], [1.0], [0.5]])
+    assert mask_loss(acc, torch.tensor([[False], [True], [True]])).item() == pytest.approx(0.25 / 3)
+
+
+@pytest.fixture(scope="module")
+def pipeline(synth_dataset):
+    from onelook.configs import lolnerf_small_method
+
+    config = lolnerf_small_method.config
+    config.pipeline.datamanager.data = synth_dataset
+    config.pipeline.datamanager.train_num_rays_per_batch = 256
+    torch.manual_seed(0)
+    return config.pipeline.setup(device="cpu", test_mode="val")
+
+
+def test_latents_are_routed_per_image(pipeline):
+    model = pipeline.model
+    with torch.no_grad():
+        model.latents.embedding.weight[3] += 1.0
+    cameras = pipeline.datamanager.train_dataset.cameras
+    bundle_a = cameras.generate_rays(camera_indices=3, keep_shape=False)
+    bundle_b = cameras.generate_rays(camera_indices=4, keep_shape=False)
+    assert torch.equal(model.latents_for(bundle_a)[0], model.latents.embedding.weight[3])
+    assert torch.equal(model.latents_for(bundle_b)[0], model.latents.embedding.weight[4])
+    # Evaluation cameras carry their training latent index; nerfstudio renders them as camera 0.
+    eval_cameras = pipeline.datamanager.eval_dataset.cameras
+    second = eval_cameras[1:2]
+    bundle = second.generate_rays(camera_indices=0, keep_shape=False)
+    expected = int(second.metadata["latent_idx"][0, 0])
+    assert expected != 0
+    assert torch.equal(model.latents_for(bundle)[0], model.latents.embedding.weight[expected])
+    with torch.no_grad():
+        model.latents.embedding.weight[3] -= 1.0
+
+
+def test_training_steps_lower_the_loss(pipeline):
+    model = pipeline.model
+    groups = model.get_param_groups()
+    assert set(groups) == {"fields", "latents"}
+    optimizer = torch.optim.Adam([{"params": groups["fields"], "lr": 2e-3}, {"params": groups["latents"], "lr": 5e-3}])
+    model.train()
+    losses = []
+    for step in range(40):
+        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert {"rgb_loss", "rgb_loss_coarse", "mask_loss"} <= set(loss_dict)
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_evaluation_renders_whole_images(pipeline):
+    model = pipeline.model
+    model.eval()
+    camera = pipeline.datamanager.eval_dataset.cameras[0:1]
+    outputs = model.get_outputs_for_camera(camera)
+    assert outputs["rgb"].shape == (64, 64, 3) and outputs["depth"].shape == (64, 64, 1)
+    batch = pipeline.datamanager.eval_dataset[0]
+    metrics, images = model.get_image_metrics_and_images(outputs, batch)
+    assert set(metrics) == {"psnr", "ssim"} and math.isfinite(metrics["psnr"])
+    assert images["img"].shape == (64, 128, 3)

@@ -1,0 +1,137 @@
+"""`onelook prepare` end to end: synthetic data with true cameras, real photos, bad files, resuming."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from onelook.cameras.geometry import rotation_errors_deg
+from onelook.cli import main
+from onelook.data.dataparser import OnelookDataParserConfig
+from onelook.data.prepare import prepare_dataset
+
+
+def test_synthetic_dataset_has_true_cameras(synth_dir, synth_dataset):
+    transforms = json.loads((synth_dataset / "transforms.json").read_text())
+    truth = {f["file"]: f for f in json.loads((synth_dir / "synth.json").read_text())["frames"]}
+    frames = transforms["frames"]
+    assert len(frames) >= 34  # of 36: at most a couple flagged
+    est = np.array([f["transform_matrix"] for f in frames])
+    true = np.array([truth[f["source"]]["camera_to_world"] for f in frames])
+    mean_shape = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
+    err = rotation_errors_deg(est, true, np.array(transforms["canonical_keypoints"]), mean_shape)
+    # Shapes vary per identity and crops move the principal point: a few degrees, not a few tenths.
+    assert np.median(err) < 8.0
+    for frame in frames:
+        assert (synth_dataset / frame["file_path"]).is_file() and (synth_dataset / frame["mask_path"]).is_file()
+        assert Image.open(synth_dataset / frame["file_path"]).size == (64, 64)
+
+
+def test_dataparser_loads_images_masks_and_latent_indices(synth_dataset):
+    parser = OnelookDataParserConfig(data=synth_dataset, eval_every=4).setup()
+    train = parser.get_dataparser_outputs("train")
+    val = parser.get_dataparser_outputs("val")
+    n = len(train.image_filenames)
+    assert len(train.mask_filenames) == n and train.metadata["num_latents"] == n
+    assert train.cameras.metadata["latent_idx"][:, 0].tolist() == list(range(n))
+    # Evaluation frames keep the latent index they have in training.
+    assert val.cameras.metadata["latent_idx"][:, 0].tolist() == list(range(0, n, 4))
+    assert val.image_filenames == train.image_filenames[::4]
+    assert int(train.cameras.width[0]) == 64
+
+
+def test_resume_skips_finished_images(synth_dir, tmp_path):
+    args = dict(landmarks=synth_dir / "landmarks.json", masks=synth_dir / "masks", size=48, workers=1, progress=False)
+    first = prepare_dataset(synth_dir / "images", tmp_path, **args)
+    assert first.resumed == 0
+    # An interruption: the last 5 images lost their records (and so count as not done).
+    for record in sorted((tmp_path / "records").glob("*.json"))[-5:]:
+        record.unlink()
+    second = prepare_dataset(synth_dir / "images", tmp_path, **args)
+    assert second.resumed == first.total - 5
+    assert second.prepared == first.prepared
+    # Other settings invalidate earlier crops.
+    third = prepare_dataset(synth_dir / "images", tmp_path, **{**args, "size": 32})
+    assert third.resumed == 0
+
+
+@pytest.mark.slow
+def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys):
+    """Every kind of bad input in one folder: each is handled or reported, none stops the run."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = data.astronaut()
+    Image.fromarray(face).save(photos / "astronaut.png")
+    Image.fromarray(face[:, ::-1]).save(photos / "mirrored.jpg")
+    Image.fromarray(face).convert("L").save(photos / "gray.png")
+    Image.fromarray(face).convert("CMYK").save(photos / "cmyk.jpg")
+    Image.fromarray(np.dstack([face, np.full(face.shape[:2], 255, np.uint8)])).save(photos / "rgba.png")
+    Image.fromarray(face[..., 1].astype(np.uint16) * 257).save(photos / "deep16.png")
+    rotated = Image.fromarray(np.rot90(face, 1).copy())  # stored sideways, EXIF says turn it back
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(photos / "phone.jpg", exif=exif)
+    big = np.asarray(Image.fromarray(face).resize((4000, 4000)))
+    Image.fromarray(big).save(photos / "big.jpg", quality=80)
+    Image.fromarray(data.chelsea()).save(photos / "cat.jpg")
+    Image.new("RGB", (8, 8)).save(photos / "tiny.png")
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "broken.jpg").write_bytes((photos / "astronaut.png").read_bytes()[:5000])
+
+    out = tmp_path / "dataset"
+    assert main(["prepare", str(photos), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    transforms = json.loads((out / "transforms.json").read_text())
+    reasons = {e["source"]: e["reason"] for e in transforms["excluded"]}
+    assert "no face" in reasons["cat.jpg"]
+    assert "too small" in reasons["tiny.png"]
+    assert "not an image" in reasons["notes.txt"]
+    assert "corrupt" in reasons["broken.jpg"]
+    prepared = {f["source"] for f in transforms["frames"]}
+    assert {
+        "astronaut.png",
+        "mirrored.jpg",
+        "gray.png",
+        "cmyk.jpg",
+        "rgba.png",
+        "deep16.png",
+        "phone.jpg",
+        "big.jpg",
+    } <= prepared
+    assert "cat.jpg: no face found" in printed and "8 of 12 images in the dataset" in printed
+    # The upright and the EXIF-rotated copy of one photo give the same crop (the rotation was applied).
+    a = np.asarray(Image.open(out / "images" / "astronaut.png"), dtype=float)
+    b = np.asarray(Image.open(out / "images" / "phone.png"), dtype=float)
+    assert np.abs(a - b).mean() < 8
+    # A re-run reuses everything and still reports the bad files.
+    assert main(["prepare", str(photos), "--out", str(out), "--workers", "1"]) == 0
+    assert "8 reused from an earlier run" in capsys.readouterr().out
+    # The dataset loads.
+    parser = OnelookDataParserConfig(data=out).setup()
+    assert len(parser.get_dataparser_outputs("train").image_filenames) == 8
+
+
+def test_landmarks_file_errors_are_per_image(synth_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth_dir / "images", images)
+    landmarks = json.loads((synth_dir / "landmarks.json").read_text())
+    landmarks.pop("00001.png")
+    landmarks["00002.png"] = [[1, 2], [3, 4]]
+    (tmp_path / "lm.json").write_text(json.dumps(landmarks))
+    report = prepare_dataset(
+        images, tmp_path / "out", landmarks=tmp_path / "lm.json", size=48, workers=1, progress=False
+    )
+    reasons = dict(report.errors)
+    assert "no entry" in reasons["00001.png"]
+    assert "at least 5 keypoints" in reasons["00002.png"]
+    assert len(report.prepared) + len(report.outliers) == 34
+
+
+def test_cli_reports_missing_folder(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "images folder not found" in capsys.readouterr().err
