@@ -62,9 +62,9 @@ def main() -> None:
     start = time.perf_counter()
     oracle_rot = oracle(uv)
     oracle_s = time.perf_counter() - start
-    oracle_err = rotation_errors_deg(
-        np.concatenate([oracle_rot, np.zeros((args.n, 3, 1))], axis=2), c2w, SHAPE, SHAPE
-    )[~bad]
+    oracle_err = rotation_errors_deg(np.concatenate([oracle_rot, np.zeros((args.n, 3, 1))], axis=2), c2w, SHAPE, SHAPE)[
+        ~bad
+    ]
 
     rows = []
     for label, focal in (("onelook fit_cameras, focal given", FOCAL), ("onelook fit_cameras, focal estimated", None)):

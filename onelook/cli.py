@@ -37,6 +37,25 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example(args: argparse.Namespace) -> int:
+    from onelook.data.prepare import prepare_dataset
+    from onelook.data.synthetic import generate
+
+    synth = generate(args.n, args.size, seed=0, out=args.out / "synthetic")
+    dataset = args.out / "dataset"
+    report = prepare_dataset(
+        synth / "images",
+        dataset,
+        landmarks=synth / "landmarks.json",
+        masks=synth / "masks",
+        size=args.size,
+    )
+    print(report)
+    print(f"dataset written to {dataset}; train a model on it with:")
+    print(f"  ns-train lolnerf-small --data {dataset} --machine.device-type cpu")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onelook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", type=Path, required=True)
     syn.set_defaults(func=_synth)
+
+    example = sub.add_parser("example", help="synthesise a small category and prepare it as a dataset")
+    example.add_argument("--out", type=Path, default=Path("example"))
+    example.add_argument("--n", type=int, default=64)
+    example.add_argument("--size", type=int, default=64)
+    example.set_defaults(func=_example)
     return parser
 
 
