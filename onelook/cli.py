@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from onelook.data.crop import DEFAULT_CROP_SCALE
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from onelook.data.prepare import prepare_dataset
@@ -56,6 +58,74 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _photo_inputs(photo: Path, landmarks: Path | None, mask: Path | None) -> dict:
+    """fit() keyword arguments for one photo: its keypoints from a landmarks file, its mask from a PNG."""
+    import json
+
+    import numpy as np
+
+    from onelook.data.images import load_image
+
+    inputs: dict = {"image": photo}
+    if landmarks is not None:
+        table = json.loads(Path(landmarks).read_text())
+        if photo.name not in table:
+            raise ValueError(f"{landmarks} has no entry for {photo.name}")
+        inputs["landmarks"] = np.array([[np.nan, np.nan] if p is None else p for p in table[photo.name]], float)
+    if mask is not None:
+        loaded = load_image(mask)
+        inputs["mask"] = loaded.rgb.mean(axis=2) / 255.0 if loaded.alpha is None else loaded.alpha
+    return inputs
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from onelook.export import export_all
+    from onelook.lolnerf import Reconstructor
+
+    recon = Reconstructor.from_run(args.run_dir, device=args.device)
+    result = recon.fit(**_photo_inputs(args.photo, args.landmarks, args.mask), steps=args.steps)
+    paths = export_all(result, args.out, frames=args.frames, mesh_resolution=args.mesh_resolution)
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from onelook.export.images import save_png, write_video
+    from onelook.lolnerf import Reconstructor
+
+    recon = Reconstructor.from_run(args.run_dir, device=args.device)
+    first = recon.fit(**_photo_inputs(args.photo_a, args.landmarks, None), steps=args.steps)
+    second = recon.fit(**_photo_inputs(args.photo_b, args.landmarks, None), steps=args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = int(recon.model.crop_settings[2])
+    c2w, focal = recon.orbit_camera(0.0, 0.0)
+    frames = []
+    for i, t in enumerate(torch.linspace(0, 1, args.frames).tolist()):
+        latent = torch.lerp(first.latent, second.latent, t)
+        frames.append(recon.render(latent, c2w, focal, size)["rgb"])
+        save_png(frames[-1], args.out / f"interpolation_{i:02d}.png")
+    print(write_video(frames, args.out / "interpolation.mp4"))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from onelook.export.images import save_png
+    from onelook.lolnerf import Reconstructor
+
+    recon = Reconstructor.from_run(args.run_dir, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    views = []
+    for i, sample in enumerate(recon.sample(args.n, truncation=args.truncation, seed=args.seed)):
+        views.append(sample.render(sample.camera_to_world, sample.focal_length, sample.image_size)["rgb"])
+        save_png(views[-1], args.out / f"sample_{i:02d}.png")
+    print(save_png(np.concatenate(views, axis=1), args.out / "samples.png"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onelook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--masks", type=Path, help="folder of PNG foreground masks with the images' file names")
     prep.add_argument("--focal-length", type=float, help="pixels of the --size crop (default: estimated)")
     prep.add_argument("--size", type=int, default=128, help="side of the square crops (default 128)")
-    prep.add_argument("--crop-scale", type=float, default=3.2, help="crop side / keypoint extent (default 3.2)")
+    prep.add_argument(
+        "--crop-scale",
+        type=float,
+        default=DEFAULT_CROP_SCALE,
+        help=f"crop side / keypoint extent (default {DEFAULT_CROP_SCALE})",
+    )
     prep.add_argument("--workers", type=int, default=2, help="processes for per-image work (default 2)")
     prep.set_defaults(func=_prepare)
 
@@ -87,6 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--n", type=int, default=64)
     example.add_argument("--size", type=int, default=64)
     example.set_defaults(func=_example)
+
+    fit = sub.add_parser("fit", help="lift a photo to 3D with a trained LOLNeRF model")
+    fit.add_argument("run_dir", type=Path, help="ns-train output folder (holding config.yml)")
+    fit.add_argument("photo", type=Path)
+    fit.add_argument("--out", type=Path, required=True)
+    fit.add_argument("--landmarks", type=Path, help="JSON: file name -> K [x, y] keypoints (default: MediaPipe)")
+    fit.add_argument("--mask", type=Path, help="foreground mask PNG (default: MediaPipe's, for faces)")
+    fit.add_argument("--steps", type=int, default=300, help="latent optimisation steps (default 300)")
+    fit.add_argument("--frames", type=int, default=24, help="turntable frames (default 24)")
+    fit.add_argument("--mesh-resolution", type=int, default=128)
+    fit.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    fit.set_defaults(func=_fit)
+
+    inter = sub.add_parser("interpolate", help="blend two fitted photos' latents, camera held fixed")
+    inter.add_argument("run_dir", type=Path)
+    inter.add_argument("photo_a", type=Path)
+    inter.add_argument("photo_b", type=Path)
+    inter.add_argument("--out", type=Path, required=True)
+    inter.add_argument("--landmarks", type=Path, help="JSON with both photos' keypoints (default: MediaPipe)")
+    inter.add_argument("--frames", type=int, default=8)
+    inter.add_argument("--steps", type=int, default=300)
+    inter.add_argument("--device")
+    inter.set_defaults(func=_interpolate)
+
+    sample = sub.add_parser("sample", help="new identities from a trained model's latent distribution")
+    sample.add_argument("run_dir", type=Path)
+    sample.add_argument("--out", type=Path, required=True)
+    sample.add_argument("--n", type=int, default=8)
+    sample.add_argument("--truncation", type=float, default=0.7, help="0: the mean object, 1: no truncation")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device")
+    sample.set_defaults(func=_sample)
     return parser
 
 

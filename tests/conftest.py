@@ -32,3 +32,27 @@ def synth_dataset(synth_dir, tmp_path_factory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dataset, tmp_path_factory) -> Path:
+    """A real (short) LOLNeRF training run on the CPU, through nerfstudio's trainer, as `ns-train` does it."""
+    import copy
+
+    from nerfstudio.scripts.train import train_loop
+
+    from onelook.configs import lolnerf_small_method
+
+    config = copy.deepcopy(lolnerf_small_method.config)
+    config.data = synth_dataset
+    config.pipeline.datamanager.data = synth_dataset
+    config.output_dir = tmp_path_factory.mktemp("runs")
+    config.machine.device_type = "cpu"
+    config.max_num_iterations = 300
+    config.steps_per_save = 300
+    config.pipeline.datamanager.train_num_rays_per_batch = 512
+    config.pipeline.model.hard_surface_start_step = 150
+    config.set_timestamp()
+    config.save_config()
+    train_loop(local_rank=0, world_size=1, config=config)
+    return config.get_base_dir()

@@ -5,6 +5,21 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# Crop side / extent of the keypoints' bounding box: with the five face keypoints, the whole head and a margin.
+DEFAULT_CROP_SCALE = 3.2
+
+
+def keypoint_crop_box(keypoints: np.ndarray, crop_scale: float) -> tuple[float, float, float]:
+    """A square around the keypoints: centred on their bounding box, crop_scale times its longer side."""
+    valid = keypoints[np.isfinite(keypoints).all(axis=1)]
+    lo, hi = valid.min(axis=0), valid.max(axis=0)
+    extent = float((hi - lo).max())
+    if extent < 2.0:
+        raise ValueError("keypoints are degenerate (all within 2 pixels)")
+    side = crop_scale * extent
+    centre = (lo + hi) / 2.0
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
+
 
 def crop_square(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
     """Resamples the square [x0, x0 + side) x [y0, y0 + side) to size x size, edges extended outwards."""

@@ -18,9 +18,12 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from onelook.data.crop import DEFAULT_CROP_SCALE
+
 TRANSFORMS = "transforms.json"
-# `onelook prepare` scales canonical keypoints to an RMS radius of 0.25, which puts whole objects in here.
-SCENE_BOUND = 1.0
+# `onelook prepare` scales canonical keypoints to an RMS radius of 0.25 around their centroid; objects extend
+# well behind that centroid (a head behind its face), so the scene reaches 1.5 on every side.
+SCENE_BOUND = 1.5
 
 
 @dataclass
@@ -83,5 +86,8 @@ class OnelookDataParser(DataParser):
             metadata={
                 "num_latents": len(frames),
                 "canonical_keypoints": torch.tensor(meta.get("canonical_keypoints", []), dtype=torch.float32),
+                "crop_scale": float(meta.get("crop", {}).get("scale", DEFAULT_CROP_SCALE)),
+                "crop_focal": float(cameras.fx.median()),
+                "crop_size": int(meta.get("crop", {}).get("size", int(cameras.width[0]))),
             },
         )

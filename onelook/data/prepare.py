@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from onelook import __version__
 from onelook.cameras import CameraFit, fit_cameras
+from onelook.data.crop import DEFAULT_CROP_SCALE
 from onelook.data.preprocess import ImageJob, ImageRecord, init_worker, process
 
 TRANSFORMS = "transforms.json"
@@ -65,7 +66,7 @@ def prepare_dataset(
     masks: Path | None = None,
     focal_length: float | None = None,
     size: int = 128,
-    crop_scale: float = 3.2,
+    crop_scale: float = DEFAULT_CROP_SCALE,
     workers: int = 2,
     progress: bool = True,
 ) -> PrepareReport:
@@ -140,14 +141,14 @@ def prepare_dataset(
     if len({k.shape for k in keypoints}) != 1:
         raise ValueError("images have different numbers of keypoints")
     report.fit = fit_cameras(keypoints, (size, size), focal_length=focal_length)
-    _write_transforms(out, names, ok, report, size, given is None)
+    _write_transforms(out, names, ok, report, {"size": size, "scale": crop_scale}, given is None)
     return report
 
 
 def _write_transforms(
-    out: Path, names: list[str], ok: dict[str, ImageRecord], report: PrepareReport, size: int, detected: bool
+    out: Path, names: list[str], ok: dict[str, ImageRecord], report: PrepareReport, crop: dict, detected: bool
 ) -> None:
-    fit = report.fit
+    fit, size = report.fit, crop["size"]
     frames = []
     for i, name in enumerate(names):
         record = ok[name]
@@ -179,6 +180,7 @@ def _write_transforms(
         "onelook_version": __version__,
         "landmark_source": "mediapipe" if detected else "landmarks file",
         "canonical_keypoints": fit.canonical_points.tolist(),
+        "crop": crop,  # how photos were cropped: a new photo must be cropped the same way to match
         "outlier_threshold_px": fit.outlier_threshold_px,
         "frames": frames,
         "excluded": excluded,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from onelook.data.crop import crop_square
+from onelook.data.crop import crop_square, keypoint_crop_box
 from onelook.data.images import ImageError, load_image
 
 _landmarker = None  # one MediaPipe FaceLandmarker per worker process
@@ -112,7 +112,7 @@ def _process(job: ImageJob) -> ImageRecord:
         mask = loaded.alpha
         notes.append("used the image's alpha channel as the foreground mask")
 
-    x0, y0, side = _crop_box(keypoints, job.crop_scale)
+    x0, y0, side = keypoint_crop_box(keypoints, job.crop_scale)
     if side < job.size / 2:
         notes.append(f"object is small ({side:.0f} px crop); upscaled to {job.size} px")
     image_rel = f"images/{job.name}.png"
@@ -155,15 +155,3 @@ def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if mask.shape != shape:
         raise ValueError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
     return mask
-
-
-def _crop_box(keypoints: np.ndarray, crop_scale: float) -> tuple[float, float, float]:
-    """A square around the keypoints: centred on their bounding box, crop_scale times its longer side."""
-    valid = keypoints[np.isfinite(keypoints).all(axis=1)]
-    lo, hi = valid.min(axis=0), valid.max(axis=0)
-    extent = float((hi - lo).max())
-    if extent < 2.0:
-        raise ValueError("keypoints are degenerate (all within 2 pixels)")
-    side = crop_scale * extent
-    centre = (lo + hi) / 2.0
-    return float(centre[0] - side / 2), float(centre[1] - side / 2), side

@@ -44,10 +44,21 @@ class LOLNeRFField(Field):
     def features(self, positions: Tensor, latent: Tensor) -> Tensor:
         return self.mlp(self.encoding(positions / self.position_scale), latent)
 
+    def density_from(self, features: Tensor) -> Tensor:
+        # Shifted softplus (as in mip-NeRF): smooth, positive, and near-empty space at initialisation.
+        return F.softplus(self.density_head(features) - 1.0)
+
+    def rgb_from(self, features: Tensor) -> Tensor:
+        return torch.sigmoid(self.rgb_head(features))
+
     def get_density(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor]:
         features = self.features(ray_samples.frustums.get_positions(), ray_samples.metadata["latent"])
-        # Shifted softplus (as in mip-NeRF): smooth, positive, and near-empty space at initialisation.
-        return F.softplus(self.density_head(features) - 1.0), features
+        return self.density_from(features), features
 
     def get_outputs(self, ray_samples: RaySamples, density_embedding: Tensor | None = None) -> dict:
-        return {FieldHeadNames.RGB: torch.sigmoid(self.rgb_head(density_embedding))}
+        return {FieldHeadNames.RGB: self.rgb_from(density_embedding)}
+
+    def query(self, positions: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Density (..., 1) and colour (..., 3) at arbitrary points for a latent broadcastable to them."""
+        features = self.features(positions, latent)
+        return self.density_from(features), self.rgb_from(features)

@@ -4,7 +4,7 @@ Per ray: the latent of its image (camera metadata `latent_idx`, or an explicit `
 metadata when fitting a new photo); foreground samples inside the scene sphere, coarse then importance
 (PDF) samples evaluated by one foreground field; background samples in a shell behind the sphere, evaluated
 by a smaller background field; colour = foreground + (1 - foreground opacity) * background.
-Losses: RGB (coarse and fine), mask on the foreground opacity, hard surface on the foreground weights.
+Losses: RGB, mask on the foreground opacity, hard surface on the foreground weights.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
@@ -23,6 +22,7 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from onelook.data.crop import DEFAULT_CROP_SCALE
 from onelook.field_components.latent_table import LatentTable
 from onelook.fields.lolnerf_field import LOLNeRFField
 from onelook.model_components.losses import hard_surface_loss, mask_loss
@@ -43,15 +43,12 @@ class LOLNeRFModelConfig(ModelConfig):
     num_coarse_samples: int = 64
     num_fine_samples: int = 64
     num_background_samples: int = 32
-    scene_radius: float = 1.5
-    """Foreground sphere around the origin (canonical keypoints have RMS radius 0.25 there)."""
     background_depth: float = 2.0
     """Thickness of the background shell behind the foreground sphere."""
     mask_loss_weight: float = 1.0
     hard_surface_loss_weight: float = 0.1
     hard_surface_start_step: int = 500
     """The hard-surface loss waits until a rough shape exists, else it can freeze an empty scene."""
-    coarse_loss_weight: float = 1.0
 
 
 class LOLNeRFModel(Model):
@@ -60,7 +57,20 @@ class LOLNeRFModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
-        num_latents = int(self.kwargs.get("metadata", {}).get("num_latents", self.num_train_data))
+        # The foreground lives in the sphere inscribed in the scene box.
+        self.scene_radius = float(self.scene_box.aabb.abs().max())
+        metadata = self.kwargs.get("metadata", {})
+        num_latents = int(metadata.get("num_latents", self.num_train_data))
+        # What fitting a new photo needs, saved with the weights so that a run loads without its dataset.
+        keypoints = torch.as_tensor(metadata.get("canonical_keypoints", torch.zeros(0, 3)), dtype=torch.float32)
+        self.register_buffer("canonical_keypoints", keypoints.reshape(-1, 3))
+        crop = [
+            metadata.get("crop_scale", DEFAULT_CROP_SCALE),
+            metadata.get("crop_focal", 0.0),
+            metadata.get("crop_size", 0),
+        ]
+        self.register_buffer("crop_settings", torch.tensor(crop, dtype=torch.float32))  # scale, focal px, size px
+        self.register_buffer("scene_radius_buffer", torch.tensor(self.scene_radius))
         self.latents = LatentTable(num_latents, cfg.latent_dim, cfg.latent_init_std)
         self.foreground = LOLNeRFField(
             cfg.latent_dim,
@@ -68,7 +78,7 @@ class LOLNeRFModel(Model):
             cfg.width,
             (cfg.num_layers // 2,),
             cfg.num_frequencies,
-            cfg.scene_radius,
+            self.scene_radius,
         )
         self.background = LOLNeRFField(
             cfg.latent_dim,
@@ -76,7 +86,7 @@ class LOLNeRFModel(Model):
             cfg.background_width,
             (),
             cfg.num_frequencies // 2,
-            cfg.scene_radius + cfg.background_depth,
+            self.scene_radius + cfg.background_depth,
         )
         self.sampler_coarse = UniformSampler(num_samples=cfg.num_coarse_samples)
         self.sampler_fine = PDFSampler(num_samples=cfg.num_fine_samples)
@@ -110,15 +120,19 @@ class LOLNeRFModel(Model):
         latent = self.latents_for(ray_bundle)
         ray_bundle.metadata = {**(ray_bundle.metadata or {}), "latent": latent}
         ray_bundle.nears, ray_bundle.fars = sphere_interval(
-            ray_bundle.origins, ray_bundle.directions, self.config.scene_radius
+            ray_bundle.origins, ray_bundle.directions, self.scene_radius
         )
 
+        # One field serves both passes (as in mip-NeRF): the coarse pass only places the importance samples,
+        # and the fine pass re-evaluates the coarse samples too, so gradients are needed on the fine pass only.
         coarse = self.sampler_coarse(ray_bundle)
-        density_c, features_c = self.foreground.get_density(coarse)
-        weights_c = coarse.get_weights(density_c)
+        with torch.no_grad():
+            weights_c = coarse.get_weights(self.foreground.get_density(coarse)[0])
         fine = self.sampler_fine(ray_bundle, coarse, weights_c)
-        density_f, features_f = self.foreground.get_density(fine)
-        weights_f = fine.get_weights(density_f)
+        density, features = self.foreground.get_density(fine)
+        weights = fine.get_weights(density)
+        rgb_foreground = self.renderer_rgb(rgb=self.foreground.rgb_from(features), weights=weights)
+        accumulation = self.renderer_accumulation(weights)
 
         shell = RayBundle(
             origins=ray_bundle.origins,
@@ -131,26 +145,17 @@ class LOLNeRFModel(Model):
         )
         back = self.sampler_background(shell)
         density_b, features_b = self.background.get_density(back)
-        weights_b = back.get_weights(density_b)
         rgb_background = self.renderer_rgb(
-            rgb=self.background.get_outputs(back, features_b)[FieldHeadNames.RGB], weights=weights_b
+            rgb=self.background.rgb_from(features_b), weights=back.get_weights(density_b)
         )
-
-        outputs = {"rgb_background": rgb_background}
-        for name, samples, features, weights in (
-            ("_coarse", coarse, features_c, weights_c),
-            ("", fine, features_f, weights_f),
-        ):
-            rgb_fg = self.renderer_rgb(
-                rgb=self.foreground.get_outputs(samples, features)[FieldHeadNames.RGB], weights=weights
-            )
-            accumulation = self.renderer_accumulation(weights)
-            outputs["rgb" + name] = rgb_fg + (1.0 - accumulation) * rgb_background
-            outputs["accumulation" + name] = accumulation
-        outputs["rgb_foreground"] = rgb_fg
-        outputs["depth"] = self.renderer_depth(weights_f, fine)  # along the ray, normalised by opacity
-        outputs["weights"] = weights_f
-        return outputs
+        return {
+            "rgb": rgb_foreground + (1.0 - accumulation) * rgb_background,
+            "rgb_foreground": rgb_foreground,
+            "rgb_background": rgb_background,
+            "accumulation": accumulation,
+            "depth": self.renderer_depth(weights, fine),  # along the ray, normalised by the opacity
+            "weights": weights,
+        }
 
     def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:
         image = batch["image"].to(self.device)[..., :3]
@@ -159,15 +164,9 @@ class LOLNeRFModel(Model):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
         cfg = self.config
         image = batch["image"].to(self.device)[..., :3]
-        loss = {
-            "rgb_loss": F.mse_loss(outputs["rgb"], image),
-            "rgb_loss_coarse": cfg.coarse_loss_weight * F.mse_loss(outputs["rgb_coarse"], image),
-        }
+        loss = {"rgb_loss": F.mse_loss(outputs["rgb"], image)}
         if "mask" in batch and cfg.mask_loss_weight > 0:
-            mask = batch["mask"].to(self.device).float()
-            loss["mask_loss"] = cfg.mask_loss_weight * (
-                mask_loss(outputs["accumulation"], mask) + mask_loss(outputs["accumulation_coarse"], mask)
-            )
+            loss["mask_loss"] = cfg.mask_loss_weight * mask_loss(outputs["accumulation"], batch["mask"].to(self.device))
         if self.training and self.step >= cfg.hard_surface_start_step and cfg.hard_surface_loss_weight > 0:
             loss["hard_surface_loss"] = cfg.hard_surface_loss_weight * hard_surface_loss(outputs["weights"])
         return loss

@@ -1,0 +1,305 @@
+"""Using a trained LOLNeRF model: lift a new photo to 3D by fitting its latent, then render it from anywhere.
+
+The model's frame: the training world (cameras from `fit_cameras`: +Z up, the object's front facing -Y)
+shifted so that the centre of the mean object's foreground is the origin. All cameras given to or returned by
+this module are in that frame, OpenGL convention, with the principal point at the image centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.scene_box import SceneBox
+from tqdm import trange
+
+from onelook.cameras.geometry import look_at
+from onelook.cameras.pose import estimate_pose
+from onelook.data.crop import crop_square, keypoint_crop_box
+from onelook.data.images import load_image
+from onelook.export.mesh import extract_mesh
+from onelook.model_components.losses import mask_loss
+from onelook.models.lolnerf import LOLNeRFModel
+from onelook.runs import find_run, load_checkpoint, load_run_config
+
+# Foreground density taken as the object's surface (meshes, object centre): a 0.07 thick layer of it (three
+# steps of a 128^3 grid over the scene) is opaque to 50%. The hard-surface loss makes density jump across
+# surfaces, so the level matters little once a model is trained.
+SURFACE_DENSITY = 10.0
+
+
+class Reconstructor:
+    """A trained LOLNeRF model, frozen, ready to fit photos (`fit`) or make new identities (`sample`)."""
+
+    def __init__(self, model: LOLNeRFModel):
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.device = next(model.parameters()).device
+        self.origin = self._object_centre()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> Reconstructor:
+        """Loads `ns-train lolnerf*` output (the folder with config.yml, or one above it); the dataset is not
+        needed. Files are read without executing anything they contain (see `onelook.runs`)."""
+        config_path, checkpoint_path = find_run(Path(run_dir))
+        config = load_run_config(config_path)
+        if not isinstance(config.pipeline.model._target, type) or not issubclass(
+            config.pipeline.model._target, LOLNeRFModel
+        ):
+            raise ValueError(f"{config_path} is a {config.method_name} run, not a LOLNeRF one")
+        prefix = "_model."
+        state = {
+            k[len(prefix) :]: v for k, v in load_checkpoint(checkpoint_path)["pipeline"].items() if k.startswith(prefix)
+        }
+        radius = float(state["scene_radius_buffer"])
+        crop_scale, crop_focal, crop_size = state["crop_settings"].tolist()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = config.pipeline.model.setup(
+            scene_box=SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3])),
+            num_train_data=state["latents.embedding.weight"].shape[0],
+            metadata={
+                "canonical_keypoints": state["canonical_keypoints"],
+                "crop_scale": crop_scale,
+                "crop_focal": crop_focal,
+                "crop_size": int(crop_size),
+            },
+            device=device,
+        )
+        model.load_state_dict(state)
+        return cls(model.to(device))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.model.latents.latent_dim
+
+    @property
+    def canonical_keypoints(self) -> np.ndarray:
+        """(K, 3) in the model's frame."""
+        return self.model.canonical_keypoints.cpu().numpy() - self.origin
+
+    def query(self, points: torch.Tensor, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foreground density and colour at world points; zero density outside the scene sphere, where the
+        field was never trained."""
+        density, rgb = self.model.foreground.query(points, latent)
+        inside = points.norm(dim=-1, keepdim=True) <= self.model.scene_radius
+        return density * inside, rgb
+
+    @torch.no_grad()
+    def _object_centre(self, resolution: int = 40) -> np.ndarray:
+        """Centroid of the mean latent's foreground (world coordinates); the origin if it has none yet."""
+        radius = self.model.scene_radius
+        axis = torch.linspace(-radius, radius, resolution, device=self.device)
+        points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        density, _ = self.query(points, self.model.latents.mean())
+        inside = density[:, 0] > SURFACE_DENSITY
+        return points[inside].mean(dim=0).cpu().numpy() if inside.any() else np.zeros(3)
+
+    def to_world(self, camera_to_world: np.ndarray) -> np.ndarray:
+        c2w = np.array(camera_to_world, dtype=np.float64)
+        c2w[..., :3, 3] += self.origin
+        return c2w
+
+    @torch.no_grad()
+    def render(self, latent: torch.Tensor, camera_to_world: np.ndarray, focal_length: float, size) -> dict:
+        """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays."""
+        height, width = (size, size) if isinstance(size, int) else size
+        cameras = self._cameras(self.to_world(camera_to_world), focal_length, width / 2, height / 2, width, height)
+        bundle = cameras.generate_rays(camera_indices=0, keep_shape=True)
+        bundle.metadata = {"latent": latent.to(self.device).expand(height, width, -1)}
+        outputs = self.model.get_outputs_for_camera_ray_bundle(bundle)
+        forward = -cameras.camera_to_worlds[0, :3, 2]
+        cosine = (bundle.directions * forward).sum(dim=-1)
+        return {
+            "rgb": outputs["rgb"].clamp(0, 1).cpu().numpy(),
+            "depth": (outputs["depth"][..., 0] * cosine).cpu().numpy(),
+            "alpha": outputs["accumulation"][..., 0].cpu().numpy(),
+        }
+
+    def _cameras(self, c2w_world: np.ndarray, focal: float, cx: float, cy: float, width: int, height: int):
+        return Cameras(
+            camera_to_worlds=torch.as_tensor(c2w_world[:3], dtype=torch.float32)[None],
+            fx=float(focal),
+            fy=float(focal),
+            cx=float(cx),
+            cy=float(cy),
+            width=int(width),
+            height=int(height),
+        ).to(self.device)
+
+    def fit(
+        self,
+        image,
+        landmarks: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        steps: int = 300,
+        learning_rate: float = 1e-2,
+        rays_per_step: int = 1024,
+        mask_weight: float = 1.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Reconstruction:
+        """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time:
+
+        1. keypoints (MediaPipe's five face landmarks unless `landmarks` (K, 2) pixels are given) place the
+           camera against the model's canonical keypoints, with the focal length the training crops had;
+        2. the photo is cropped the way training photos were, and a new latent, starting at the mean of the
+           training latents, is optimised on its pixels with the network frozen (RGB loss, plus the mask loss
+           when a mask is given or detected).
+        """
+        rgb = load_image(image).rgb if isinstance(image, (str, Path)) else _as_rgb(image)
+        height, width = rgb.shape[:2]
+        if landmarks is None:
+            from onelook.landmarks.mediapipe_face import FaceLandmarker
+
+            detector = FaceLandmarker()
+            try:
+                detection = detector.detect(rgb)
+            finally:
+                detector.close()
+            landmarks = detection.keypoints
+            mask = detection.mask if mask is None else mask
+        landmarks = np.asarray(landmarks, dtype=np.float64)
+        canonical = self.model.canonical_keypoints.cpu().numpy()
+        if landmarks.shape != canonical.shape[:1] + (2,):
+            raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
+
+        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
+        crop_size = int(crop_size)
+        x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
+        scale = crop_size / side
+        c2w_world, _ = estimate_pose(canonical, landmarks, crop_focal / scale, (height, width))
+
+        # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
+        cameras = self._cameras(
+            c2w_world, crop_focal, (width / 2 - x0) * scale, (height / 2 - y0) * scale, crop_size, crop_size
+        )
+        rays = cameras.generate_rays(camera_indices=0, keep_shape=False)
+        target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
+        target = target.reshape(-1, 3).to(self.device)
+        centres = (np.arange(crop_size) + 0.5) / scale
+        inside_x = (centres + x0 >= 0) & (centres + x0 < width)
+        inside_y = (centres + y0 >= 0) & (centres + y0 < height)
+        pixels = torch.as_tensor(np.flatnonzero(np.outer(inside_y, inside_x)), device=self.device)
+        target_mask = None
+        if mask is not None:
+            mask = np.asarray(mask, dtype=np.float32)
+            target_mask = torch.as_tensor(crop_square(mask, x0, y0, side, crop_size) > 0.5, device=self.device)
+            target_mask = target_mask.reshape(-1, 1)
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latent = self.model.latents.mean().detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([latent], lr=learning_rate)
+        losses = []
+        for _ in trange(steps, desc="fitting latent", disable=not progress):
+            pick = pixels[torch.randint(len(pixels), (min(rays_per_step, len(pixels)),), generator=generator)]
+            bundle = rays[pick]
+            bundle.metadata = {"latent": latent.expand(len(pick), -1)}
+            outputs = self.model.get_outputs(bundle)
+            loss = F.mse_loss(outputs["rgb"], target[pick])
+            if target_mask is not None:
+                loss = loss + mask_weight * mask_loss(outputs["accumulation"], target_mask[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        c2w = c2w_world.copy()
+        c2w[:3, 3] -= self.origin
+        return Reconstruction(self, latent.detach(), c2w, crop_focal / scale, (height, width), losses)
+
+    def reconstruction(self, latent: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0) -> Reconstruction:
+        """A latent (sampled, interpolated, ...) seen from a training-like camera at `yaw`/`pitch` degrees."""
+        crop_size = int(self.model.crop_settings[2])
+        c2w, focal = self.orbit_camera(yaw, pitch)
+        return Reconstruction(self, latent.to(self.device), c2w, focal, (crop_size, crop_size))
+
+    def orbit_camera(self, yaw: float, pitch: float, distance: float | None = None) -> tuple[np.ndarray, float]:
+        """A camera looking at the origin from `yaw` (around +Z, 0 = front) and `pitch` degrees, at the
+        training cameras' typical distance and focal length (model frame)."""
+        _, crop_focal, _ = self.model.crop_settings.tolist()
+        distance = self.typical_distance if distance is None else distance
+        yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
+        position = distance * np.array(
+            [np.cos(pitch_r) * np.sin(yaw_r), -np.cos(pitch_r) * np.cos(yaw_r), np.sin(pitch_r)]
+        )
+        return look_at(position[None])[0], crop_focal
+
+    @property
+    def typical_distance(self) -> float:
+        """How far training cameras were from the object: from the crop geometry and keypoint spread."""
+        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
+        keypoints = self.canonical_keypoints
+        extent = float((keypoints.max(axis=0) - keypoints.min(axis=0))[[0, 2]].max())  # as seen from the front
+        return crop_focal * extent * crop_scale / crop_size
+
+    def sample(self, num: int, truncation: float = 0.7, seed: int = 0) -> list[Reconstruction]:
+        """New identities from the latent distribution, pulled towards the mean by `truncation`."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        latents = self.model.latents.sample(num, truncation, generator)
+        return [self.reconstruction(z) for z in latents]
+
+
+@dataclass
+class Reconstruction:
+    """One object (a latent) from a LOLNeRF model, with the camera of the photo it came from (if any)."""
+
+    reconstructor: Reconstructor
+    latent: torch.Tensor
+    camera_to_world: np.ndarray  # (4, 4) the photo's camera, model frame, OpenGL convention
+    focal_length: float  # pixels of the photo
+    image_size: tuple[int, int]  # (H, W) of the photo
+    fit_losses: list[float] = field(default_factory=list)
+
+    def render(self, camera_to_world: np.ndarray, focal_length: float, size) -> dict[str, np.ndarray]:
+        """Renders from any camera (model frame); `size` is an int (square) or (H, W)."""
+        return self.reconstructor.render(self.latent, camera_to_world, focal_length, size)
+
+    def camera_at(self, yaw: float, pitch: float) -> tuple[np.ndarray, float]:
+        """The photo's camera turned by `yaw` (around +Z) and `pitch` degrees about the object's centre."""
+        yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
+        turn_z = np.array([[np.cos(yaw_r), -np.sin(yaw_r), 0], [np.sin(yaw_r), np.cos(yaw_r), 0], [0, 0, 1]])
+        right = self.camera_to_world[:3, 0]
+        cross = np.array([[0, -right[2], right[1]], [right[2], 0, -right[0]], [-right[1], right[0], 0]])
+        turn_x = np.eye(3) + np.sin(-pitch_r) * cross + (1 - np.cos(pitch_r)) * cross @ cross
+        turn = np.eye(4)
+        turn[:3, :3] = turn_z @ turn_x
+        return turn @ self.camera_to_world, self.focal_length
+
+    def turntable_cameras(self, frames: int = 24, yaw_range: float = 35.0) -> list[tuple[np.ndarray, float]]:
+        """Swings the photo's camera left and right by `yaw_range` degrees (the range single views cover)."""
+        return [self.camera_at(yaw_range * np.sin(2 * np.pi * i / frames), 0.0) for i in range(frames)]
+
+    def turntable(self, path: Path | None = None, frames: int = 24, size=None, fps: int = 12) -> list[np.ndarray]:
+        """Renders the turntable; writes it to `path` (.mp4 or .gif) when given."""
+        from onelook.export.images import write_video
+
+        size = self.image_size if size is None else size
+        height = size if isinstance(size, int) else size[0]
+        scale = height / self.image_size[0]
+        views = [self.render(c2w, focal * scale, size)["rgb"] for c2w, focal in self.turntable_cameras(frames)]
+        if path is not None:
+            write_video(views, Path(path), fps=fps)
+        return views
+
+    def mesh(self, resolution: int = 128, level: float = SURFACE_DENSITY) -> trimesh.Trimesh:
+        """Marching cubes on the foreground density; vertex colours; model frame."""
+        recon = self.reconstructor
+        latent = self.latent.to(recon.device)
+        origin = torch.as_tensor(recon.origin, dtype=torch.float32, device=recon.device)
+
+        def density_and_colour(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return recon.query(points + origin, latent)
+
+        radius = recon.model.scene_radius
+        return extract_mesh(density_and_colour, np.zeros(3), radius, resolution, level, recon.device)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image[..., :3])

@@ -1,0 +1,150 @@
+"""Using a trained LOLNeRF run: safe loading, fitting a held-out photo, rendering, meshes, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import yaml
+
+from onelook.cli import main
+from onelook.data.synthetic import FOCAL_FACTOR, identity, render
+from onelook.lolnerf import Reconstructor
+from onelook.runs import find_run, load_checkpoint, load_run_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reconstructor(trained_run):
+    return Reconstructor.from_run(trained_run, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out(synth_dir):
+    """An identity the model never saw (index past the training set), with its true keypoints and mask."""
+    meta = json.loads((synth_dir / "synth.json").read_text())
+    head, c2w, _ = identity(meta["seed"], len(meta["frames"]) + 5)
+    size = 96  # a photo at another resolution than the 64 px training crops
+    view = render(head, c2w, FOCAL_FACTOR * size, size)
+    from onelook.cameras.geometry import project
+
+    keypoints = project(head.keypoints(), c2w[None], FOCAL_FACTOR * size, (size, size))[0][0]
+    return (view.rgb * 255).round().astype(np.uint8), keypoints, view.mask
+
+
+def test_run_loads_safely_after_a_restart(trained_run, reconstructor):
+    config_path, checkpoint = find_run(trained_run)
+    assert load_run_config(config_path).method_name == "lolnerf-small"
+    assert "pipeline" in load_checkpoint(checkpoint)
+    # A fresh load gives the same model.
+    again = Reconstructor.from_run(trained_run.parent, device="cpu")  # one folder above works too
+    for a, b in zip(reconstructor.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert reconstructor.canonical_keypoints.shape == (5, 3)
+
+
+def test_hostile_run_config_is_refused(tmp_path):
+    (tmp_path / "config.yml").write_text('!!python/object/apply:os.system ["echo owned > owned.txt"]')
+    with pytest.raises(yaml.constructor.ConstructorError, match="refusing"):
+        load_run_config(tmp_path / "config.yml")
+    assert not (tmp_path / "owned.txt").exists()
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    torch.save({"pipeline": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_fit_improves_over_the_mean_latent(reconstructor, held_out):
+    photo, keypoints, mask = held_out
+    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=60, progress=False)
+    assert result.image_size == (96, 96)
+    mean = reconstructor.reconstruction(reconstructor.model.latents.mean())
+    target = photo / 255.0
+
+    def psnr(latent):
+        rgb = reconstructor.render(latent, result.camera_to_world, result.focal_length, 96)["rgb"]
+        return -10 * np.log10(np.mean((rgb - target) ** 2))
+
+    assert psnr(result.latent) > psnr(mean.latent) + 0.5
+    assert result.fit_losses[-1] < result.fit_losses[0]
+
+
+def test_render_any_camera(reconstructor, held_out):
+    photo, keypoints, mask = held_out
+    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=5, progress=False)
+    c2w, focal = result.camera_at(30.0, 10.0)
+    out = result.render(c2w, focal, (40, 56))
+    assert out["rgb"].shape == (40, 56, 3) and out["depth"].shape == (40, 56) and out["alpha"].shape == (40, 56)
+    assert 0.0 <= out["rgb"].min() and out["rgb"].max() <= 1.0
+    # Depth along the optical axis: about the camera's distance to the object's centre, where it is opaque.
+    distance = np.linalg.norm(c2w[:3, 3])
+    solid = out["alpha"] > 0.5
+    assert solid.any()
+    assert abs(np.median(out["depth"][solid]) - distance) < 0.5 * distance
+
+
+def test_mesh_export_in_three_formats(reconstructor, tmp_path):
+    from onelook.export.mesh import save_mesh
+
+    mesh = reconstructor.reconstruction(reconstructor.model.latents.mean()).mesh(resolution=48)
+    assert len(mesh.faces) > 100
+    paths = save_mesh(mesh, tmp_path)
+    for ext in ("glb", "obj", "ply"):
+        loaded = trimesh.load(paths[ext], force="mesh")
+        assert len(loaded.faces) == len(mesh.faces)
+    # Watertight-ish: few boundary edges relative to the mesh.
+    edges = trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)
+    assert len(edges) < 0.05 * len(mesh.edges_unique)
+    # The GLB is turned +Y up: the model's +Z extent becomes its +Y extent.
+    glb = trimesh.load(paths["glb"], force="mesh")
+    np.testing.assert_allclose(glb.bounds[:, 1], mesh.bounds[:, 2], atol=1e-5)
+
+
+def test_cli_fit_writes_everything(trained_run, held_out, tmp_path):
+    from PIL import Image
+
+    photo, keypoints, _ = held_out
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    (tmp_path / "lm.json").write_text(json.dumps({"photo.png": keypoints.tolist()}))
+    out = tmp_path / "out"
+    argv = ["fit", str(trained_run), str(tmp_path / "photo.png"), "--out", str(out), "--landmarks"]
+    assert main([*argv, str(tmp_path / "lm.json"), "--steps", "5", "--frames", "4", "--mesh-resolution", "40"]) == 0
+    for name in ("view.png", "depth.png", "normals.png", "turntable.mp4", "mesh.glb", "mesh.obj", "mesh.ply"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list((out / "views").glob("*.png"))) == 4
+    import imageio.v3 as iio
+
+    assert iio.imread(out / "turntable.mp4", plugin="pyav").shape == (4, 96, 96, 3)
+
+
+def test_cli_sample_and_interpolate(trained_run, held_out, tmp_path):
+    from PIL import Image
+
+    assert main(["sample", str(trained_run), "--out", str(tmp_path / "s"), "--n", "3"]) == 0
+    assert Image.open(tmp_path / "s" / "samples.png").size == (3 * 64, 64)
+    photo, keypoints, _ = held_out
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    Image.fromarray(photo[:, ::-1]).save(tmp_path / "b.png")
+    mirrored = keypoints.copy()
+    mirrored[:, 0] = 96 - mirrored[:, 0]
+    mirrored = mirrored[[1, 0, 2, 4, 3]]  # left and right swap in a mirror
+    (tmp_path / "lm.json").write_text(json.dumps({"a.png": keypoints.tolist(), "b.png": mirrored.tolist()}))
+    argv = ["interpolate", str(trained_run), str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert main([*argv, "--out", str(tmp_path / "i"), "--landmarks", str(tmp_path / "lm.json"), "--steps", "3"]) == 0
+    assert (tmp_path / "i" / "interpolation.mp4").stat().st_size > 0
+
+
+def test_fit_rejects_wrong_keypoint_count(reconstructor, held_out):
+    photo, keypoints, _ = held_out
+    with pytest.raises(ValueError, match="5 keypoints"):
+        reconstructor.fit(photo, landmarks=keypoints[:4], steps=1, progress=False)
