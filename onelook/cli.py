@@ -126,6 +126,20 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from onelook.lolnerf.evaluate import evaluate, write_report
+    from onelook.runs import find_run, load_run_config
+
+    data = args.data or load_run_config(find_run(args.run_dir)[0]).pipeline.datamanager.data
+    report = evaluate(
+        args.run_dir, args.synth, data, held_out=args.held_out, fit_steps=args.fit_steps, device=args.device
+    )
+    json_path, md_path = write_report(report, args.out)
+    print(report.markdown())
+    print(f"written: {json_path}, {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onelook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device")
     sample.set_defaults(func=_sample)
+
+    ev = sub.add_parser("eval", help="measure a LOLNeRF model trained on `onelook synth` data against the truth")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--synth", type=Path, required=True, help="the `onelook synth` folder the dataset came from")
+    ev.add_argument("--data", type=Path, help="the prepared dataset (default: the run's own --data)")
+    ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--held-out", type=int, default=8, help="identities fitted from one view (default 8)")
+    ev.add_argument("--fit-steps", type=int, default=200)
+    ev.add_argument("--device")
+    ev.set_defaults(func=_eval)
     return parser
 
 

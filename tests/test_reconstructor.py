@@ -148,3 +148,21 @@ def test_fit_rejects_wrong_keypoint_count(reconstructor, held_out):
     photo, keypoints, _ = held_out
     with pytest.raises(ValueError, match="5 keypoints"):
         reconstructor.fit(photo, landmarks=keypoints[:4], steps=1, progress=False)
+
+
+def test_eval_measures_against_the_truth(trained_run, synth_dir, synth_dataset, tmp_path):
+    from onelook.lolnerf.evaluate import evaluate, write_report
+
+    report = evaluate(
+        trained_run, synth_dir, synth_dataset, held_out=1, train_images=3, fit_steps=3, mesh_resolution=32
+    )
+    json_path, md_path = write_report(report, tmp_path)
+    data = json.loads(json_path.read_text())
+    assert set(data["novel"]) == {"(-30, +0)", "(+30, +0)", "(+0, -15)", "(+0, +15)"}
+    for row in data["novel"].values():
+        # Copying the input is a real baseline: far from perfect inside the foreground at another view.
+        assert 8.0 < row["psnr_copy"] < 25.0
+        assert np.isfinite(row["psnr"]) and -1.0 <= row["ssim"] <= 1.0
+    assert 0.0 < data["depth_error"] < 1.0 and 0.0 < data["chamfer"] <= 1.0
+    assert 5.0 < data["train_psnr"] < 60.0
+    assert "| (+30, +0) |" in md_path.read_text()

@@ -6,6 +6,7 @@ Pixel coordinates are x right, y down, origin at the top-left pixel corner, prin
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 
 def look_at(positions: np.ndarray, target: np.ndarray | None = None, up: np.ndarray | None = None) -> np.ndarray:
@@ -35,6 +36,17 @@ def orbit_positions(yaw_deg: np.ndarray, pitch_deg: np.ndarray, distance: np.nda
         ],
         axis=-1,
     )
+
+
+def turn_about_origin(camera_to_world: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """A camera moved around the world origin: up by `pitch` (about its own right axis), then by `yaw`
+    about +Z (positive: counter-clockwise seen from above)."""
+    right = camera_to_world[:3, 0] / np.linalg.norm(camera_to_world[:3, 0])
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec(np.radians(yaw_deg) * np.array([0.0, 0.0, 1.0])).as_matrix() @ (
+        Rotation.from_rotvec(-np.radians(pitch_deg) * right).as_matrix()
+    )
+    return turn @ camera_to_world
 
 
 def project(points: np.ndarray, camera_to_world: np.ndarray, focal: np.ndarray, image_size: tuple[int, int]):

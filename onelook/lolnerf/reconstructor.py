@@ -18,7 +18,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 from tqdm import trange
 
-from onelook.cameras.geometry import look_at
+from onelook.cameras.geometry import look_at, turn_about_origin
 from onelook.cameras.pose import estimate_pose
 from onelook.data.crop import crop_square, keypoint_crop_box
 from onelook.data.images import load_image
@@ -260,14 +260,7 @@ class Reconstruction:
 
     def camera_at(self, yaw: float, pitch: float) -> tuple[np.ndarray, float]:
         """The photo's camera turned by `yaw` (around +Z) and `pitch` degrees about the object's centre."""
-        yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
-        turn_z = np.array([[np.cos(yaw_r), -np.sin(yaw_r), 0], [np.sin(yaw_r), np.cos(yaw_r), 0], [0, 0, 1]])
-        right = self.camera_to_world[:3, 0]
-        cross = np.array([[0, -right[2], right[1]], [right[2], 0, -right[0]], [-right[1], right[0], 0]])
-        turn_x = np.eye(3) + np.sin(-pitch_r) * cross + (1 - np.cos(pitch_r)) * cross @ cross
-        turn = np.eye(4)
-        turn[:3, :3] = turn_z @ turn_x
-        return turn @ self.camera_to_world, self.focal_length
+        return turn_about_origin(self.camera_to_world, yaw, pitch), self.focal_length
 
     def turntable_cameras(self, frames: int = 24, yaw_range: float = 35.0) -> list[tuple[np.ndarray, float]]:
         """Swings the photo's camera left and right by `yaw_range` degrees (the range single views cover)."""

@@ -1,0 +1,185 @@
+"""`onelook eval`: a LOLNeRF model trained on the synthetic category, measured against exact ground truth.
+
+1. Training images: each rendered with its own latent and camera, against the dataset crop (PSNR, SSIM).
+2. Held-out identities (never trained on): fitted from one view with their true keypoints and mask, then
+   rendered with the input camera turned by the given yaw/pitch about the object's centre, against the true
+   render from the true camera turned the same way, inside the true foreground (masked PSNR, SSIM). Next to
+   it, in the same run, the "copy the input image" baseline: the input view offered as every novel view.
+3. Depth (the input and novel views) against the true depth inside the true foreground, after bringing the
+   model's frame to the true scale (similarity of the canonical keypoints to the true mean keypoints); as a
+   fraction of the object's size (the longest side of the true object's bounding box).
+4. Mesh: symmetric Chamfer distance (mean of nearest-surface distances both ways) between the fitted mesh,
+   brought to the true frame by the same similarity, and the true surface; as a fraction of the object's size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+
+from onelook.cameras.geometry import project, similarity_align, turn_about_origin
+from onelook.data.synthetic import identity, render
+from onelook.lolnerf.reconstructor import Reconstructor
+
+DEFAULT_ANGLES = ((-30.0, 0.0), (30.0, 0.0), (0.0, -15.0), (0.0, 15.0))
+
+
+@dataclass
+class EvalReport:
+    train_psnr: float
+    train_ssim: float
+    novel: dict[str, dict[str, float]] = field(default_factory=dict)  # angle -> masked psnr/ssim, model & copy
+    depth_error: float = float("nan")  # mean absolute depth error / object size
+    chamfer: float = float("nan")  # symmetric Chamfer distance / object size
+    settings: dict = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        lines = [
+            f"Training images ({self.settings['train_images']}): PSNR {self.train_psnr:.2f} dB, "
+            f"SSIM {self.train_ssim:.3f}",
+            "",
+            f"Held-out identities ({self.settings['held_out']}), fitted from one view "
+            f"({self.settings['fit_steps']} steps), masked to the true foreground:",
+            "",
+            "| view (yaw, pitch) | PSNR model | PSNR copy-input | gain | SSIM model | SSIM copy-input |",
+            "|---|---|---|---|---|---|",
+        ]
+        for angle, row in self.novel.items():
+            lines.append(
+                f"| {angle} | {row['psnr']:.2f} | {row['psnr_copy']:.2f} | {row['psnr'] - row['psnr_copy']:+.2f} "
+                f"| {row['ssim']:.3f} | {row['ssim_copy']:.3f} |"
+            )
+        lines += [
+            "",
+            f"Depth error (masked, true scale): {100 * self.depth_error:.2f}% of the object's size",
+            f"Mesh Chamfer distance to the true surface: {100 * self.chamfer:.2f}% of the object's size",
+        ]
+        return "\n".join(lines)
+
+
+def masked_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+    return float(-10 * np.log10(np.mean((pred[mask] - target[mask]) ** 2) + 1e-12))
+
+
+def masked_ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+    _, ssim_map = structural_similarity(pred, target, channel_axis=2, data_range=1.0, full=True)
+    return float(ssim_map.mean(axis=2)[mask].mean())
+
+
+def evaluate(
+    run_dir: Path,
+    synth_dir: Path,
+    data_dir: Path,
+    held_out: int = 8,
+    train_images: int = 32,
+    fit_steps: int = 200,
+    angles: tuple[tuple[float, float], ...] = DEFAULT_ANGLES,
+    mesh_resolution: int = 96,
+    device: str | None = None,
+) -> EvalReport:
+    recon = Reconstructor.from_run(run_dir, device=device)
+    synth = json.loads((Path(synth_dir) / "synth.json").read_text())
+    transforms = json.loads((Path(data_dir) / "transforms.json").read_text())
+    frames = transforms["frames"]
+    size = int(recon.model.crop_settings[2])
+
+    # 1. Training images with their own latents and cameras.
+    psnrs, ssims = [], []
+    picks = np.linspace(0, len(frames) - 1, min(train_images, len(frames))).round().astype(int)
+    for i in tqdm(picks, desc="training views"):
+        frame = frames[i]
+        c2w = np.array(frame["transform_matrix"])
+        c2w[:3, 3] -= recon.origin
+        latent = recon.model.latents(torch.tensor([i], device=recon.device))[0]
+        pred = recon.render(latent, c2w, frame["fl_x"], (frame["h"], frame["w"]))["rgb"]
+        target = np.asarray(Image.open(Path(data_dir) / frame["file_path"]).convert("RGB")) / 255.0
+        psnrs.append(masked_psnr(pred, target, np.ones(target.shape[:2], bool)))
+        ssims.append(float(structural_similarity(pred, target, channel_axis=2, data_range=1.0)))
+
+    # The similarity taking the model's frame to the synthetic world (scale, rotation, translation).
+    truth = {f["file"]: f for f in synth["frames"]}
+    true_mean = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
+    scale, rotation, translation = similarity_align(recon.canonical_keypoints, true_mean)
+
+    # 2-4. Held-out identities.
+    novel = {
+        f"({yaw:+.0f}, {pitch:+.0f})": {"psnr": [], "psnr_copy": [], "ssim": [], "ssim_copy": []}
+        for yaw, pitch in angles
+    }
+    depth_errors, chamfers = [], []
+    focal = synth["focal_length"] * size / synth["image_size"][0]
+    for j in tqdm(range(held_out), desc="held-out identities"):
+        head, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j)
+        object_size = float(np.ptp(np.asarray(head.mesh().vertices), axis=0).max())
+        view = render(head, c2w_true, focal, size)
+        keypoints = project(head.keypoints(), c2w_true[None], focal, (size, size))[0][0]
+        fitted = recon.fit(
+            (view.rgb * 255).round().astype(np.uint8),
+            landmarks=keypoints,
+            mask=view.mask,
+            steps=fit_steps,
+            progress=False,
+            seed=j,
+        )
+        views = [(None, fitted.camera_to_world, c2w_true)] + [
+            ((yaw, pitch), fitted.camera_at(yaw, pitch)[0], turn_about_origin(c2w_true, yaw, pitch))
+            for yaw, pitch in angles
+        ]
+        for angle, c2w_model, c2w_novel in views:
+            pred = fitted.render(c2w_model, fitted.focal_length, size)
+            true = render(head, c2w_novel, focal, size)
+            if true.mask.any():
+                depth_errors.append(
+                    np.abs(scale * pred["depth"][true.mask] - true.depth[true.mask]).mean() / object_size
+                )
+            if angle is None:
+                continue
+            row = novel[f"({angle[0]:+.0f}, {angle[1]:+.0f})"]
+            row["psnr"].append(masked_psnr(pred["rgb"], true.rgb, true.mask))
+            row["ssim"].append(masked_ssim(pred["rgb"], true.rgb, true.mask))
+            row["psnr_copy"].append(masked_psnr(view.rgb, true.rgb, true.mask))
+            row["ssim_copy"].append(masked_ssim(view.rgb, true.rgb, true.mask))
+        try:
+            mesh = fitted.mesh(resolution=mesh_resolution)
+        except ValueError:  # no surface at all: the worst case, counted as the object's size
+            chamfers.append(1.0)
+            continue
+        predicted = scale * mesh.sample(20000) @ rotation.T + translation
+        true_points = head.mesh().sample_points_uniformly(20000)
+        true_points = np.asarray(true_points.points)
+        chamfer = 0.5 * (
+            cKDTree(true_points).query(predicted)[0].mean() + cKDTree(predicted).query(true_points)[0].mean()
+        )
+        chamfers.append(chamfer / object_size)
+
+    return EvalReport(
+        train_psnr=float(np.mean(psnrs)),
+        train_ssim=float(np.mean(ssims)),
+        novel={angle: {k: float(np.mean(v)) for k, v in row.items()} for angle, row in novel.items()},
+        depth_error=float(np.mean(depth_errors)),
+        chamfer=float(np.mean(chamfers)),
+        settings={
+            "run": str(run_dir),
+            "train_images": len(picks),
+            "held_out": held_out,
+            "fit_steps": fit_steps,
+            "image_size": size,
+            "mesh_resolution": mesh_resolution,
+        },
+    )
+
+
+def write_report(report: EvalReport, out: Path) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(asdict(report), indent=1))
+    (out / "eval.md").write_text(report.markdown() + "\n")
+    return out / "eval.json", out / "eval.md"
