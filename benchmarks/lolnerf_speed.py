@@ -120,9 +120,9 @@ def main() -> None:
     print(f"MLP achieved {flops / 1e9:.1f} GFLOP/s vs torch matmul {peak / 1e9:.1f} GFLOP/s: {flops / peak:.0%}")
 
     if args.run:
+        from onelook.cameras.geometry import project
         from onelook.data.synthetic import FOCAL_FACTOR, identity, render
         from onelook.lolnerf import Reconstructor
-        from onelook.cameras.geometry import project
 
         recon = Reconstructor.from_run(args.run, device="cpu")
         head, c2w, _ = identity(12345, 0)
