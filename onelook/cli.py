@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from onelook.data.crop import DEFAULT_CROP_SCALE
+from onelook.guidance.stable_diffusion import DEFAULT_SD_MODEL, PriorUnavailableError
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -140,6 +141,42 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invert(args: argparse.Namespace) -> int:
+    from onelook.data.object_image import prepare_object_image
+    from onelook.guidance.stable_diffusion import StableDiffusionPrior
+    from onelook.guidance.textual_inversion import invert
+
+    prepared = prepare_object_image(args.image, args.mask)  # fails on a bad image before loading any model
+    prior = StableDiffusionPrior.load(args.sd_model, device=args.device or _default_device())
+    learned = invert(prior, prepared.on_white(), steps=args.steps, token=args.token, initializer=args.initializer)
+    print(f"learned {learned.token!r} ({prepared.mask_source} mask): {learned.save(args.out)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from onelook.export import export_all
+    from onelook.lolnerf import Reconstructor
+    from onelook.models.lolnerf import LOLNeRFModel
+    from onelook.realfusion import RealFusionResult
+    from onelook.runs import find_run, load_run_config
+
+    target = load_run_config(find_run(args.run_dir)[0]).pipeline.model._target
+    if isinstance(target, type) and issubclass(target, LOLNeRFModel):  # the category's mean object
+        recon = Reconstructor.from_run(args.run_dir, device=args.device)
+        exportable = recon.reconstruction(recon.model.latents.mean())
+    else:
+        exportable = RealFusionResult.from_run(args.run_dir, device=args.device)
+    paths = export_all(exportable, args.out, frames=args.frames, mesh_resolution=args.mesh_resolution)
+    print("\n".join(f"{name}: {path}" for name, path in paths.items()))
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onelook", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device")
     sample.set_defaults(func=_sample)
 
+    export = sub.add_parser("export", help="views, depth, normals, turntable and meshes of a trained run")
+    export.add_argument("run_dir", type=Path, help="ns-train output folder (realfusion, or lolnerf: its mean object)")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--frames", type=int, default=24)
+    export.add_argument("--mesh-resolution", type=int, default=128)
+    export.add_argument("--device")
+    export.set_defaults(func=_export)
+
+    inv = sub.add_parser("invert", help="single-image textual inversion: a new word for the object in a photo")
+    inv.add_argument("image", type=Path)
+    inv.add_argument("--out", type=Path, required=True, help="embedding file (.safetensors)")
+    inv.add_argument(
+        "--sd-model", default=DEFAULT_SD_MODEL, help=f"hub id or local folder (default {DEFAULT_SD_MODEL})"
+    )
+    inv.add_argument("--steps", type=int, default=3000)
+    inv.add_argument("--mask", type=Path, help="foreground mask (default: alpha, rembg if installed, GrabCut)")
+    inv.add_argument("--token", default="<object>")
+    inv.add_argument("--initializer", default="object", help="an existing word to start the new one from")
+    inv.add_argument("--device")
+    inv.set_defaults(func=_invert)
+
     ev = sub.add_parser("eval", help="measure a LOLNeRF model trained on `onelook synth` data against the truth")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--synth", type=Path, required=True, help="the `onelook synth` folder the dataset came from")
@@ -225,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PriorUnavailableError) as exc:
         print(f"onelook {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

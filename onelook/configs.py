@@ -6,6 +6,8 @@ category on two CPU cores in minutes (`--machine.device-type cpu`). Both take `-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
@@ -16,7 +18,10 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from onelook.data.dataparser import OnelookDataParserConfig
+from onelook.data.image_dataparser import ObjectImageDataParserConfig
+from onelook.data.prior_views import PriorViewDataManagerConfig
 from onelook.models.lolnerf import LOLNeRFModelConfig
+from onelook.models.realfusion import RealFusionModelConfig
 
 
 def _lolnerf_trainer(
@@ -87,4 +92,46 @@ lolnerf_small_method = MethodSpecification(
         latent_lr=2e-3,
     ),
     description="LOLNeRF, small: sized for 64 px data on a CPU (--machine.device-type cpu).",
+)
+
+
+@dataclass
+class RealFusionTrainerConfig(TrainerConfig):
+    """Checks that the diffusion model can be loaded before ns-train writes anything."""
+
+    def save_config(self) -> None:
+        from onelook.guidance.stable_diffusion import check_available
+
+        check_available(self.pipeline.model.sd_model)
+        super().save_config()
+
+
+def _adam(lr: float) -> dict:
+    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
+
+
+realfusion_method = MethodSpecification(
+    config=RealFusionTrainerConfig(
+        method_name="realfusion",
+        max_num_iterations=5000,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=1000,
+        save_only_latest_checkpoint=True,
+        mixed_precision=False,  # the diffusion model runs in its own precision; the hash grid in fp32
+        pipeline=VanillaPipelineConfig(
+            datamanager=PriorViewDataManagerConfig(
+                dataparser=ObjectImageDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+                pixel_sampler=PixelSamplerConfig(ignore_mask=True),
+            ),
+            model=RealFusionModelConfig(eval_num_rays_per_chunk=4096),
+        ),
+        optimizers={"grid": _adam(1e-2), "mlp": _adam(1e-3)},
+        viewer=ViewerConfig(quit_on_train_completion=True),
+        vis="tensorboard",
+    ),
+    description="RealFusion: 360-degree reconstruction of any object from one photo with a Stable Diffusion prior.",
 )

@@ -81,3 +81,32 @@ def find_run(run_dir: Path) -> tuple[Path, Path]:
     if not checkpoints:
         raise FileNotFoundError(f"{config.parent} has no checkpoint (nerfstudio_models/step-*.ckpt)")
     return config, checkpoints[-1]
+
+
+def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
+    """The trained model of a run, without its dataset or anything else the trainer builds.
+
+    `expected` (a Model class) must be what the run trained; the model class rebuilds its constructor's
+    metadata from its own saved buffers (`metadata_from_state`).
+    """
+    from nerfstudio.data.scene_box import SceneBox
+
+    config_path, checkpoint_path = find_run(Path(run_dir))
+    config = load_run_config(config_path)
+    target = config.pipeline.model._target
+    if not (isinstance(target, type) and issubclass(target, expected)):
+        raise ValueError(f"{config_path} is a {config.method_name} run, not a {expected.__name__} one")
+    prefix = "_model."
+    state = {
+        k[len(prefix) :]: v for k, v in load_checkpoint(checkpoint_path)["pipeline"].items() if k.startswith(prefix)
+    }
+    radius = float(state["scene_radius_buffer"])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = config.pipeline.model.setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3])),
+        num_train_data=target.num_train_data_from_state(state),
+        metadata=target.metadata_from_state(state),
+        device=device,
+    )
+    model.load_state_dict(state)
+    return model.to(device).eval()

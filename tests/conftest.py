@@ -56,3 +56,27 @@ def trained_run(synth_dataset, tmp_path_factory) -> Path:
     config.save_config()
     train_loop(local_rank=0, world_size=1, config=config)
     return config.get_base_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random Stable Diffusion saved in diffusers' layout, so the real from_pretrained path runs."""
+    from onelook.guidance.tiny import build_tiny_stable_diffusion
+
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def object_photo(tmp_path_factory) -> Path:
+    """A real photo of an object (scikit-image's coffee cup), small, with its alpha from GrabCut-free truth:
+    a centred ellipse, so the tests do not depend on segmentation quality."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    rgb = np.asarray(Image.fromarray(data.coffee()).resize((96, 64)))
+    yy, xx = np.mgrid[0:64, 0:96]
+    alpha = ((((xx - 48) / 30) ** 2 + ((yy - 32) / 24) ** 2) <= 1).astype(np.uint8) * 255
+    path = tmp_path_factory.mktemp("photo") / "cup.png"
+    Image.fromarray(np.dstack([rgb, alpha])).save(path)
+    return path

@@ -14,23 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.data.scene_box import SceneBox
 from tqdm import trange
 
 from onelook.cameras.geometry import look_at, turn_about_origin
 from onelook.cameras.pose import estimate_pose
 from onelook.data.crop import crop_square, keypoint_crop_box
 from onelook.data.images import load_image
-from onelook.export.mesh import extract_mesh
+from onelook.export.mesh import SURFACE_DENSITY, extract_mesh
 from onelook.model_components.losses import mask_loss
 from onelook.models.lolnerf import LOLNeRFModel
-from onelook.runs import find_run, load_checkpoint, load_run_config
-
-# Foreground density taken as the object's surface (meshes, object centre): a 0.07 thick layer of it (three
-# steps of a 128^3 grid over the scene) is opaque to 50%. The hard-surface loss makes density jump across
-# surfaces, so the level matters little once a model is trained.
-SURFACE_DENSITY = 10.0
+from onelook.rendering import pinhole_cameras, render_view
+from onelook.runs import load_model
 
 
 class Reconstructor:
@@ -46,32 +40,7 @@ class Reconstructor:
     def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> Reconstructor:
         """Loads `ns-train lolnerf*` output (the folder with config.yml, or one above it); the dataset is not
         needed. Files are read without executing anything they contain (see `onelook.runs`)."""
-        config_path, checkpoint_path = find_run(Path(run_dir))
-        config = load_run_config(config_path)
-        if not isinstance(config.pipeline.model._target, type) or not issubclass(
-            config.pipeline.model._target, LOLNeRFModel
-        ):
-            raise ValueError(f"{config_path} is a {config.method_name} run, not a LOLNeRF one")
-        prefix = "_model."
-        state = {
-            k[len(prefix) :]: v for k, v in load_checkpoint(checkpoint_path)["pipeline"].items() if k.startswith(prefix)
-        }
-        radius = float(state["scene_radius_buffer"])
-        crop_scale, crop_focal, crop_size = state["crop_settings"].tolist()
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = config.pipeline.model.setup(
-            scene_box=SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3])),
-            num_train_data=state["latents.embedding.weight"].shape[0],
-            metadata={
-                "canonical_keypoints": state["canonical_keypoints"],
-                "crop_scale": crop_scale,
-                "crop_focal": crop_focal,
-                "crop_size": int(crop_size),
-            },
-            device=device,
-        )
-        model.load_state_dict(state)
-        return cls(model.to(device))
+        return cls(load_model(Path(run_dir), LOLNeRFModel, device))
 
     @property
     def latent_dim(self) -> int:
@@ -104,32 +73,9 @@ class Reconstructor:
         c2w[..., :3, 3] += self.origin
         return c2w
 
-    @torch.no_grad()
     def render(self, latent: torch.Tensor, camera_to_world: np.ndarray, focal_length: float, size) -> dict:
         """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays."""
-        height, width = (size, size) if isinstance(size, int) else size
-        cameras = self._cameras(self.to_world(camera_to_world), focal_length, width / 2, height / 2, width, height)
-        bundle = cameras.generate_rays(camera_indices=0, keep_shape=True)
-        bundle.metadata = {"latent": latent.to(self.device).expand(height, width, -1)}
-        outputs = self.model.get_outputs_for_camera_ray_bundle(bundle)
-        forward = -cameras.camera_to_worlds[0, :3, 2]
-        cosine = (bundle.directions * forward).sum(dim=-1)
-        return {
-            "rgb": outputs["rgb"].clamp(0, 1).cpu().numpy(),
-            "depth": (outputs["depth"][..., 0] * cosine).cpu().numpy(),
-            "alpha": outputs["accumulation"][..., 0].cpu().numpy(),
-        }
-
-    def _cameras(self, c2w_world: np.ndarray, focal: float, cx: float, cy: float, width: int, height: int):
-        return Cameras(
-            camera_to_worlds=torch.as_tensor(c2w_world[:3], dtype=torch.float32)[None],
-            fx=float(focal),
-            fy=float(focal),
-            cx=float(cx),
-            cy=float(cy),
-            width=int(width),
-            height=int(height),
-        ).to(self.device)
+        return render_view(self.model, self.to_world(camera_to_world), focal_length, size, {"latent": latent})
 
     def fit(
         self,
@@ -175,9 +121,8 @@ class Reconstructor:
         c2w_world, _ = estimate_pose(canonical, landmarks, crop_focal / scale, (height, width))
 
         # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
-        cameras = self._cameras(
-            c2w_world, crop_focal, (width / 2 - x0) * scale, (height / 2 - y0) * scale, crop_size, crop_size
-        )
+        principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
+        cameras = pinhole_cameras(c2w_world, crop_focal, crop_size, principal_point, self.device)
         rays = cameras.generate_rays(camera_indices=0, keep_shape=False)
         target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
         target = target.reshape(-1, 3).to(self.device)

@@ -96,6 +96,22 @@ class LOLNeRFModel(Model):
         self.renderer_depth = DepthRenderer(method="expected")
         self.step = 0
 
+    @staticmethod
+    def num_train_data_from_state(state: dict) -> int:
+        return state["latents.embedding.weight"].shape[0]
+
+    @staticmethod
+    def metadata_from_state(state: dict) -> dict:
+        """The constructor's metadata, recovered from a checkpoint (see `onelook.runs.load_model`)."""
+        crop_scale, crop_focal, crop_size = state["crop_settings"].tolist()
+        return {
+            "num_latents": state["latents.embedding.weight"].shape[0],
+            "canonical_keypoints": state["canonical_keypoints"],
+            "crop_scale": crop_scale,
+            "crop_focal": crop_focal,
+            "crop_size": int(crop_size),
+        }
+
     def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {
             "fields": list(self.foreground.parameters()) + list(self.background.parameters()),

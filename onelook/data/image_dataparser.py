@@ -1,0 +1,101 @@
+"""The `onelook-image` dataparser: one photo of an object and its reference camera (RealFusion).
+
+The photo is segmented and centred (`onelook.data.object_image`), written as image and mask files (nerfstudio
+datasets read files), and given the released code's reference camera: 1.8 from the centre, 15 degrees above
+the horizon, a 55 degree field of view, looking at the object's front (from -Y; world +Z up).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from PIL import Image
+
+from onelook.cameras.geometry import look_at, orbit_positions
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def reference_camera(distance: float, elevation: float, fov: float, size: int) -> tuple[np.ndarray, float]:
+    """Camera-to-world (4, 4) and focal length (pixels) of the input photo's camera."""
+    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
+    return look_at(orbit_positions(0.0, elevation, distance)[None])[0], float(focal)
+
+
+@dataclass
+class ObjectImageDataParserConfig(DataParserConfig):
+    """One photo of an object (RealFusion)."""
+
+    _target: type = field(default_factory=lambda: ObjectImageDataParser)
+    data: Path = Path()
+    """The photo, or a folder holding exactly one photo (and optionally mask.png)."""
+    mask: Path | None = None
+    """Foreground mask file (default: the photo's alpha, mask.png beside it, rembg if installed, GrabCut)."""
+    image_size: int = 128
+    object_fraction: float = 0.75
+    """How much of the square crop the object's longer side fills."""
+    reference_distance: float = 1.8
+    reference_elevation: float = 15.0
+    reference_fov: float = 55.0
+    cache_dir: Path | None = None
+    """Where the prepared crop and mask are written (default: a folder in the system's temporary folder)."""
+
+
+@dataclass
+class ObjectImageDataParser(DataParser):
+    config: ObjectImageDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        from onelook.data.object_image import prepare_object_image
+
+        photo, mask = self._find_inputs()
+        cfg = self.config
+        digest = hashlib.sha1(f"{photo.resolve()}:{photo.stat().st_mtime}:{cfg}".encode()).hexdigest()[:12]
+        cache = (cfg.cache_dir or Path(tempfile.gettempdir()) / "onelook-images") / f"{photo.stem}-{digest}"
+        image_path, mask_path = cache / "image.png", cache / "mask.png"
+        if not (image_path.is_file() and mask_path.is_file()):
+            prepared = prepare_object_image(photo, mask, cfg.image_size, cfg.object_fraction)
+            cache.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(prepared.rgb).save(image_path)
+            Image.fromarray(prepared.mask.astype(np.uint8) * 255).save(mask_path)
+        c2w, focal = reference_camera(
+            cfg.reference_distance, cfg.reference_elevation, cfg.reference_fov, cfg.image_size
+        )
+        cameras = Cameras(
+            camera_to_worlds=torch.as_tensor(c2w[:3], dtype=torch.float32)[None],
+            fx=focal,
+            fy=focal,
+            cx=cfg.image_size / 2,
+            cy=cfg.image_size / 2,
+            width=cfg.image_size,
+            height=cfg.image_size,
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        return DataparserOutputs(
+            image_filenames=[image_path],
+            cameras=cameras,
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
+            mask_filenames=[mask_path],
+            metadata={"source_image": str(photo), "image_path": str(image_path), "mask_path": str(mask_path)},
+        )
+
+    def _find_inputs(self) -> tuple[Path, Path | None]:
+        path, mask = Path(self.config.data), self.config.mask
+        if path.is_dir():
+            photos = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "mask")
+            if len(photos) != 1:
+                raise ValueError(f"{path} must hold exactly one photo (and optionally mask.png); found {len(photos)}")
+            if mask is None and (path / "mask.png").is_file():
+                mask = path / "mask.png"
+            path = photos[0]
+        if not path.is_file():
+            raise FileNotFoundError(f"photo not found: {path}")
+        return path, mask

@@ -1,0 +1,1 @@
+"""Diffusion priors: Stable Diffusion score distillation and single-image textual inversion (RealFusion)."""

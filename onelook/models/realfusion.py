@@ -1,0 +1,243 @@
+"""RealFusion as a nerfstudio model: a hash-grid NeRF fitted to one photo and pushed by score distillation.
+
+Each training step:
+- reference view: rays of the photo from its own camera; RGB loss on the foreground, mask loss on opacity;
+- prior view: a whole image from a random camera (batch["prior_camera"]), shaded (albedo, textureless or
+  Lambertian), composited on the background network, scored by Stable Diffusion (SDS) with the
+  view-dependent prompt "a high-resolution DSLR image of a <token>, <view> view"; regularised by normal
+  smoothness (rendered normals against their blurred copy), orientation and opacity entropy.
+The diffusion model is loaded on the first training step (never to export or render a run), and the learned
+token comes from `embedding`, or from textual inversion on the photo when none is given.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from PIL import Image
+from torch import Tensor
+from torchmetrics.functional import peak_signal_noise_ratio
+from torchvision.transforms.functional import gaussian_blur
+
+from onelook.data.prior_views import VIEW_LABELS
+from onelook.fields.realfusion_field import RealFusionField
+from onelook.guidance.stable_diffusion import DEFAULT_SD_MODEL
+from onelook.model_components.losses import mask_loss
+from onelook.models.lolnerf import sphere_interval
+
+SHADINGS = ("albedo", "textureless", "lambertian")
+
+
+@dataclass
+class RealFusionModelConfig(ModelConfig):
+    _target: type = field(default_factory=lambda: RealFusionModel)
+    enable_collider: bool = False  # rays are cut to the scene sphere by the model
+    sd_model: str = DEFAULT_SD_MODEL
+    """Stable Diffusion: a hub id (needs the internet or a filled cache) or a local folder."""
+    embedding: Path | None = None
+    """Learned token (`onelook invert` output, safetensors). None: textual inversion runs first."""
+    inversion_steps: int = 3000
+    prompt: str = "a high-resolution DSLR image of a {token}"
+    guidance_scale: float = 100.0
+    t_range: tuple[float, float] = (0.02, 0.98)
+    half_precision: bool | None = None
+    """Stable Diffusion in fp16; default: on CUDA only."""
+    attention_slicing: bool = True
+    vae_tiling: bool = False
+    # field
+    implementation: str = "tcnn"
+    """Hash grid: tiny-cuda-nn when installed (falls back to PyTorch), or "torch"."""
+    num_levels: int = 16
+    log2_hashmap_size: int = 16
+    max_res: int = 1024
+    hidden_dim: int = 64
+    # sampling
+    num_coarse_samples: int = 64
+    num_fine_samples: int = 64
+    # losses (weights as in the released code)
+    rgb_loss_weight: float = 5.0
+    mask_loss_weight: float = 0.5
+    sds_loss_weight: float = 1.0
+    normal_smoothness_weight: float = 0.5
+    orientation_weight: float = 1e-2
+    entropy_weight: float = 1e-4
+    # schedules
+    coarse_to_fine_step: int = 3000
+    """Until this step only the coarser half of the hash-grid levels is used."""
+    albedo_steps: int = 1000
+    """Shading is plain albedo until this step; after it 20% albedo, 40% textureless, 40% Lambertian."""
+    ambient: float = 0.1
+
+
+class RealFusionModel(Model):
+    config: RealFusionModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        cfg = self.config
+        self.scene_radius = float(self.scene_box.aabb.abs().max())
+        self.register_buffer("scene_radius_buffer", torch.tensor(self.scene_radius))
+        self.field = RealFusionField(
+            bound=self.scene_radius,
+            num_levels=cfg.num_levels,
+            log2_hashmap_size=cfg.log2_hashmap_size,
+            max_res=cfg.max_res,
+            hidden_dim=cfg.hidden_dim,
+            implementation=cfg.implementation,
+        )
+        self.field.set_active_levels(cfg.num_levels // 2 if cfg.coarse_to_fine_step > 0 else cfg.num_levels)
+        self.sampler_coarse = UniformSampler(num_samples=cfg.num_coarse_samples)
+        self.sampler_fine = PDFSampler(num_samples=cfg.num_fine_samples)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="expected")
+        self.step = 0
+        self._prior = None  # loaded on the first training step
+        self._rng = random.Random(0)
+
+    @staticmethod
+    def num_train_data_from_state(state: dict) -> int:
+        return 1
+
+    @staticmethod
+    def metadata_from_state(state: dict) -> dict:
+        return {}
+
+    def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {
+            "grid": list(self.field.encoding.parameters()),
+            "mlp": [p for name, p in self.field.named_parameters() if not name.startswith("encoding.")],
+        }
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes):
+        def schedule(step: int) -> None:
+            self.step = step
+            fine = step >= self.config.coarse_to_fine_step
+            self.field.set_active_levels(self.config.num_levels if fine else self.config.num_levels // 2)
+
+        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], schedule)]
+
+    # --- rendering --------------------------------------------------------------------------------------
+
+    def render_rays(self, ray_bundle: RayBundle, shading: str = "albedo", normals: bool = False) -> dict[str, Tensor]:
+        """Foreground colour (premultiplied), opacity, depth and, when asked, normals and the samples' terms
+        for the orientation loss. Shading other than albedo needs normals."""
+        ray_bundle.nears, ray_bundle.fars = sphere_interval(
+            ray_bundle.origins, ray_bundle.directions, self.scene_radius
+        )
+        coarse = self.sampler_coarse(ray_bundle)
+        with torch.no_grad():
+            weights_c = coarse.get_weights(self.field.get_density(coarse)[0])
+        samples = self.sampler_fine(ray_bundle, coarse, weights_c)
+        density, albedo_logits = self.field.get_density(samples)
+        weights = samples.get_weights(density)
+        albedo = torch.sigmoid(albedo_logits)
+        out = {}
+        if normals or shading != "albedo":
+            sample_normals = self.field.normals(samples.frustums.get_positions())
+            out["normals"] = (weights * sample_normals).sum(dim=-2)
+            facing = (sample_normals * samples.frustums.directions).sum(-1, keepdim=True)
+            out["orientation"] = (weights.detach() * F.relu(facing) ** 2).sum(dim=-2)
+            if shading != "albedo":
+                light = ray_bundle.origins[:1] + torch.randn(1, 3, device=albedo.device)  # near the camera
+                lambert = F.relu((sample_normals * F.normalize(light, dim=-1)[:, None]).sum(-1, keepdim=True))
+                shade = self.config.ambient + (1 - self.config.ambient) * lambert
+                albedo = shade if shading == "textureless" else albedo * shade
+        out["rgb"] = (weights * albedo).sum(dim=-2)
+        out["accumulation"] = self.renderer_accumulation(weights)
+        out["depth"] = self.renderer_depth(weights, samples)
+        return out
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
+        """Reference and evaluation rays: albedo on a white background."""
+        out = self.render_rays(ray_bundle)
+        out["rgb_foreground"] = out["rgb"]
+        out["rgb"] = out["rgb"] + (1.0 - out["accumulation"])
+        return out
+
+    # --- the prior ----------------------------------------------------------------------------------------
+
+    def prior(self):
+        """The diffusion prior and the prompts' embeddings, loaded once (on this model's device)."""
+        if self._prior is None:
+            from onelook.guidance.stable_diffusion import StableDiffusionPrior
+            from onelook.guidance.textual_inversion import LearnedToken, invert
+
+            cfg = self.config
+            prior = StableDiffusionPrior.load(
+                cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling
+            )
+            if cfg.embedding is not None:
+                learned = LearnedToken.load(cfg.embedding)
+            else:
+                metadata = self.kwargs["metadata"]
+                image = np.asarray(Image.open(metadata["image_path"]).convert("RGB"))
+                mask = np.asarray(Image.open(metadata["mask_path"]).convert("L")) > 127
+                learned = invert(prior, np.where(mask[..., None], image, 255).astype(np.uint8), cfg.inversion_steps)
+                learned.save(Path(metadata["image_path"]).parent / "embedding.safetensors")
+            prior.add_token(learned.token, learned.embedding)
+            base = cfg.prompt.format(token=learned.token)
+            with torch.no_grad():
+                text = prior.encode_prompts([f"{base}, {view} view" for view in VIEW_LABELS])
+                uncond = prior.encode_prompts([""])
+            self._prior = (prior, dict(zip(VIEW_LABELS, text.split(1), strict=True)), uncond)
+        return self._prior
+
+    # --- losses ---------------------------------------------------------------------------------------------
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:
+        image, mask = self._reference(batch)
+        return {"psnr": peak_signal_noise_ratio(outputs["rgb"] * mask, image * mask, data_range=1.0)}
+
+    def _reference(self, batch) -> tuple[Tensor, Tensor]:
+        return batch["image"].to(self.device)[..., :3], batch["mask"].to(self.device).float()
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:
+        cfg = self.config
+        image, mask = self._reference(batch)
+        loss = {
+            "rgb_loss": cfg.rgb_loss_weight * F.mse_loss(outputs["rgb"] * mask, image * mask),
+            "mask_loss": cfg.mask_loss_weight * mask_loss(outputs["accumulation"], mask),
+        }
+        if not self.training or "prior_camera" not in batch or cfg.sds_loss_weight == 0:
+            return loss
+        prior, texts, uncond = self.prior()
+        camera = batch["prior_camera"]
+        size = int(camera.height[0, 0])
+        bundle = camera.generate_rays(camera_indices=0, keep_shape=False)
+        shading = "albedo" if self.step < cfg.albedo_steps else self._rng.choices(SHADINGS, (0.2, 0.4, 0.4))[0]
+        view = self.render_rays(bundle, shading, normals=cfg.normal_smoothness_weight > 0 or cfg.orientation_weight > 0)
+        background = self.field.background_rgb(bundle.directions)
+        rgb = view["rgb"] + (1.0 - view["accumulation"]) * background
+        image_chw = rgb.reshape(size, size, 3).permute(2, 0, 1)[None]
+        sds = prior.sds(image_chw, texts[batch["prior_view"]], uncond, cfg.guidance_scale, cfg.t_range)
+        loss["sds_loss"] = cfg.sds_loss_weight * sds.loss
+        if "normals" in view:
+            normals = view["normals"].reshape(size, size, 3).permute(2, 0, 1)[None]
+            blurred = gaussian_blur(normals, kernel_size=9).detach()
+            loss["normal_smoothness_loss"] = cfg.normal_smoothness_weight * F.mse_loss(normals, blurred)
+            loss["orientation_loss"] = cfg.orientation_weight * view["orientation"].mean()
+        alpha = view["accumulation"].clamp(1e-5, 1 - 1e-5)
+        entropy = -(alpha * alpha.log() + (1 - alpha) * (1 - alpha).log()).mean()
+        loss["entropy_loss"] = cfg.entropy_weight * entropy
+        return loss
+
+    def get_image_metrics_and_images(self, outputs, batch) -> tuple[dict[str, float], dict[str, Tensor]]:
+        image, mask = self._reference(batch)
+        metrics = {"psnr": float(peak_signal_noise_ratio(outputs["rgb"] * mask, image * mask, data_range=1.0))}
+        images = {
+            "img": torch.cat([image, outputs["rgb"]], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images

@@ -1,0 +1,253 @@
+"""RealFusion with a tiny Stable Diffusion built here: SDS, textual inversion, training, export, bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onelook.data.images import ImageError
+from onelook.data.object_image import prepare_object_image
+from onelook.guidance.stable_diffusion import PriorUnavailableError, StableDiffusionPrior
+from onelook.guidance.textual_inversion import LearnedToken, denoising_loss, invert
+
+NS_TRAIN = str(Path(sys.executable).parent / "ns-train")
+# Sizes that let the whole method run on a CPU in seconds (with the tiny prior's 16 px images).
+TINY = [
+    "--pipeline.model.implementation",
+    "torch",
+    "--pipeline.model.log2-hashmap-size",
+    "12",
+    "--pipeline.model.max-res",
+    "128",
+    "--pipeline.model.num-coarse-samples",
+    "16",
+    "--pipeline.model.num-fine-samples",
+    "16",
+    "--pipeline.datamanager.prior-view-size",
+    "16",
+    "--pipeline.datamanager.train-num-rays-per-batch",
+    "256",
+    "--pipeline.model.coarse-to-fine-step",
+    "2",
+    "--pipeline.model.albedo-steps",
+    "2",
+    "--pipeline.model.eval-num-rays-per-chunk",
+    "1024",
+]
+
+
+@pytest.fixture(scope="module")
+def prior(tiny_sd):
+    return StableDiffusionPrior.load(tiny_sd, device="cpu")
+
+
+def test_sds_gradient_is_weighted_noise_residual(prior):
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8, requires_grad=True)
+    text, uncond = prior.encode_prompts(["a photo of a cup"]), prior.encode_prompts([""])
+    out = prior.sds_on_latents(latents, text, uncond, guidance_scale=7.5, generator=torch.Generator().manual_seed(3))
+    (grad,) = torch.autograd.grad(out.loss, latents)
+    # Recompute w(t) (eps_hat - eps) independently, drawing t and eps from the same seed.
+    generator = torch.Generator().manual_seed(3)
+    t = torch.randint(20, 981, (1,), generator=generator)
+    assert int(t) == out.timestep
+    noise = torch.randn(latents.shape, generator=generator)
+    alpha_bar = prior.scheduler.alphas_cumprod[t].float()
+    noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
+    with torch.no_grad():
+        eps_text = prior.unet(noisy, t, encoder_hidden_states=text).sample
+        eps_uncond = prior.unet(noisy, t, encoder_hidden_states=uncond).sample
+    expected = (1 - alpha_bar) * (eps_uncond + 7.5 * (eps_text - eps_uncond) - noise)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sds_reaches_the_rendered_pixels(prior):
+    rgb = torch.rand(1, 3, 20, 20, requires_grad=True)
+    text, uncond = prior.encode_prompts(["x"]), prior.encode_prompts([""])
+    prior.sds(rgb, text, uncond).loss.backward()
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+
+
+def test_textual_inversion_learns_only_the_new_word(tiny_sd, object_photo, tmp_path):
+    prior = StableDiffusionPrior.load(tiny_sd, device="cpu")  # its own copy: inversion changes the tokenizer
+    image = prepare_object_image(object_photo, size=32).on_white()
+
+    def loss_on_image(token: str) -> float:
+        images = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
+        gen = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            return float(
+                np.mean([denoising_loss(prior, images, [f"a photo of a {token}"], gen).item() for _ in range(16)])
+            )
+
+    prior.add_token("<cup>", initializer="object")
+    before = prior.text_encoder.get_input_embeddings().weight.detach().clone()
+    start = loss_on_image("<cup>")
+    learned = invert(prior, image, steps=60, token="<cup>", learning_rate=5e-2, progress=False)
+    after = prior.text_encoder.get_input_embeddings().weight.detach()
+    token_id = prior.tokenizer.convert_tokens_to_ids("<cup>")
+    changed = (after != before).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == [token_id]
+    assert loss_on_image("<cup>") < start
+    path = learned.save(tmp_path / "cup.safetensors")
+    loaded = LearnedToken.load(path)
+    assert loaded.token == "<cup>" and loaded.base_model == str(tiny_sd)
+    torch.testing.assert_close(loaded.embedding, after[token_id])
+
+
+@pytest.fixture(scope="module")
+def realfusion_pipeline(object_photo, tmp_path_factory):
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.pipeline.datamanager.data = object_photo
+    config.pipeline.datamanager.dataparser.image_size = 32
+    config.pipeline.datamanager.dataparser.cache_dir = tmp_path_factory.mktemp("cache")
+    config.pipeline.datamanager.train_num_rays_per_batch = 512
+    model = config.pipeline.model
+    model.implementation, model.log2_hashmap_size, model.max_res = "torch", 14, 256
+    model.num_coarse_samples = model.num_fine_samples = 32
+    model.sds_loss_weight = 0.0  # reference view only
+    model.coarse_to_fine_step = 0
+    torch.manual_seed(0)
+    return config.pipeline.setup(device="cpu", test_mode="val")
+
+
+@pytest.mark.slow
+def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
+    pipeline = realfusion_pipeline
+    model = pipeline.model
+    groups = model.get_param_groups()
+    optimizer = torch.optim.Adam(
+        [{"params": groups["grid"], "lr": 1e-2}, {"params": groups["mlp"], "lr": 1e-3}], betas=(0.9, 0.99), eps=1e-15
+    )
+    model.train()
+    for step in range(250):
+        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
+        optimizer.zero_grad()
+        sum(loss_dict.values()).backward()
+        optimizer.step()
+    model.eval()
+    camera = pipeline.datamanager.train_dataset.cameras[0:1]
+    outputs = model.get_outputs_for_camera(camera)
+    batch = pipeline.datamanager.train_dataset[0]
+    image, mask = batch["image"][..., :3], batch["mask"][..., 0]
+    error = ((outputs["rgb"] - image) ** 2)[mask].mean()
+    psnr = -10 * torch.log10(error)
+    assert psnr > 20.0, f"reference view PSNR inside the mask {psnr:.1f} dB"
+    assert (outputs["accumulation"][..., 0][mask] > 0.5).float().mean() > 0.9
+
+
+@pytest.mark.slow
+def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_path):
+    """No embedding given: textual inversion runs first; then training, then `onelook export`."""
+    from onelook.cli import main
+
+    result = subprocess.run(
+        [
+            NS_TRAIN,
+            "realfusion",
+            "--data",
+            str(object_photo),
+            "--machine.device-type",
+            "cpu",
+            "--max-num-iterations",
+            "4",
+            "--steps-per-save",
+            "4",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--pipeline.model.sd-model",
+            str(tiny_sd),
+            "--pipeline.model.inversion-steps",
+            "3",
+            *TINY,
+            "onelook-image",  # the dataparser's own options follow its subcommand
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "cache").rglob("embedding.safetensors"))
+    run = next((tmp_path / "runs").rglob("config.yml")).parent
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out), "--frames", "4", "--mesh-resolution", "32"]) == 0
+    for name in ("mesh.glb", "mesh.obj", "mesh.ply", "turntable.mp4", "depth.png", "normals.png", "view.png"):
+        assert (out / name).stat().st_size > 0, name
+    import trimesh
+
+    assert len(trimesh.load(out / "mesh.ply", force="mesh").faces) > 50
+
+
+def test_missing_weights_fail_before_anything_is_written(object_photo, tmp_path):
+    result = subprocess.run(
+        [
+            NS_TRAIN,
+            "realfusion",
+            "--data",
+            str(object_photo),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--machine.device-type",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode != 0
+    assert "--pipeline.model.sd-model SD_FOLDER" in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(PriorUnavailableError, match="folder not found"):
+        StableDiffusionPrior.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PriorUnavailableError, match="no unet"):
+        StableDiffusionPrior.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: Image.new("RGB", (128, 128), (200, 30, 30)).save(p), "single flat colour"),
+        (lambda p: Image.new("RGB", (12, 12), (200, 30, 30)).save(p), "too small"),
+        (lambda p: p.write_bytes(b"<html>not an image</html>"), "not an image"),
+    ],
+)
+def test_bad_photos_fail_clearly(tmp_path, make, message):
+    path = tmp_path / "photo.png"
+    make(path)
+    with pytest.raises(ImageError, match=message):
+        prepare_object_image(path)
+
+
+def test_alpha_mask_is_used_and_object_centred(object_photo):
+    prepared = prepare_object_image(object_photo, size=64, object_fraction=0.75)
+    assert prepared.mask_source == "alpha"
+    ys, xs = np.nonzero(prepared.mask)
+    assert abs(xs.mean() - 32) < 2 and abs(ys.mean() - 32) < 2
+    assert (xs.max() - xs.min() + 1) == pytest.approx(48, abs=2)  # 75% of the side
+
+
+def test_grabcut_finds_an_object_on_a_plain_background():
+    from skimage import data
+
+    rgb = np.full((120, 160, 3), 235, np.uint8)
+    cup = np.asarray(Image.fromarray(data.coffee()).resize((80, 60)))
+    rgb[30:90, 40:120] = cup
+    prepared = prepare_object_image(rgb, size=64)
+    assert prepared.mask_source == "grabcut"
+    assert 0.2 < prepared.mask.mean() < 0.7
