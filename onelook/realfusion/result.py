@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 from onelook.cameras.geometry import turn_about_origin
-from onelook.data.image_dataparser import reference_camera
+from onelook.data.image_dataparser import ObjectImageDataParserConfig, reference_camera
 from onelook.export.mesh import SURFACE_DENSITY, extract_mesh
 from onelook.models.realfusion import RealFusionModel
 from onelook.rendering import render_view
@@ -27,11 +27,15 @@ class RealFusionResult:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> RealFusionResult:
         model = load_model(Path(run_dir), RealFusionModel, device)
-        parser = load_run_config(find_run(Path(run_dir))[0]).pipeline.datamanager.dataparser
+        return cls.from_model(model, load_run_config(find_run(Path(run_dir))[0]).pipeline.datamanager.dataparser)
+
+    @classmethod
+    def from_model(cls, model: RealFusionModel, parser: ObjectImageDataParserConfig) -> RealFusionResult:
+        """The photo's camera is the dataparser's reference camera."""
         c2w, focal = reference_camera(
             parser.reference_distance, parser.reference_elevation, parser.reference_fov, parser.image_size
         )
-        return cls(model, c2w, focal, (parser.image_size, parser.image_size))
+        return cls(model.eval(), c2w, focal, (parser.image_size, parser.image_size))
 
     def render(self, camera_to_world: np.ndarray, focal_length: float, size) -> dict[str, np.ndarray]:
         """Albedo on white, depth along the optical axis, opacity; any camera (world frame)."""

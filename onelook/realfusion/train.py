@@ -1,0 +1,104 @@
+"""RealFusion in-process (the demo app, benchmarks): the `ns-train realfusion` configuration, trained by a
+plain loop that reports progress and can be stopped between steps."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
+
+from onelook.realfusion.result import RealFusionResult
+
+
+@dataclass
+class Quality:
+    """Sizes of one RealFusion run."""
+
+    iterations: int
+    inversion_steps: int
+    image_size: int  # reference crop
+    prior_view_size: int  # random views rendered for the prior
+    samples: int  # coarse and again fine samples per ray
+    rays: int  # reference rays per step
+    mesh_resolution: int
+
+
+# "quick" fits a CPU demo; "standard" and "high" are GPU-sized (the released code: 5000 iterations, 96 px views).
+QUALITY = {
+    "quick": Quality(300, 100, 64, 32, 24, 1024, 64),
+    "standard": Quality(2000, 1000, 128, 64, 48, 4096, 128),
+    "high": Quality(5000, 3000, 128, 96, 64, 4096, 256),
+}
+
+
+@dataclass
+class Progress:
+    stage: str
+    step: int
+    total: int
+    result: RealFusionResult | None = None
+
+
+def train_realfusion(
+    image: Path,
+    out: Path,
+    quality: Quality,
+    sd_model: str,
+    embedding: Path | None = None,
+    object_fraction: float = 0.75,
+    seed: int = 0,
+    device: str | None = None,
+    report_every: int = 10,
+) -> Iterator[Progress]:
+    """Trains on one photo; yields progress every `report_every` steps and, last, the result.
+
+    Stopping the iteration stops the work. `out` receives the prepared crop, mask and learned embedding.
+    """
+    from onelook.configs import realfusion_method
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    config = copy.deepcopy(realfusion_method.config)
+    config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
+    datamanager = config.pipeline.datamanager
+    datamanager.data = Path(image)
+    datamanager.dataparser.image_size = quality.image_size
+    datamanager.dataparser.object_fraction = object_fraction
+    datamanager.dataparser.cache_dir = Path(out)
+    datamanager.prior_view_size = quality.prior_view_size
+    datamanager.train_num_rays_per_batch = quality.rays
+    datamanager.seed = seed
+    model = config.pipeline.model
+    model.sd_model, model.embedding, model.inversion_steps = sd_model, embedding, quality.inversion_steps
+    model.num_coarse_samples = model.num_fine_samples = quality.samples
+    model.albedo_steps = min(model.albedo_steps, quality.iterations // 5)
+    model.coarse_to_fine_step = min(model.coarse_to_fine_step, quality.iterations // 2)
+    if device == "cpu":
+        model.implementation = "torch"
+
+    yield Progress("preparing", 0, quality.iterations)
+    pipeline = config.pipeline.setup(device=device, test_mode="val")
+    yield Progress("loading the diffusion model and learning the object's word", 0, quality.iterations)
+    pipeline.model.prior()
+    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+    callbacks = pipeline.get_training_callbacks(
+        TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
+    )
+    pipeline.train()
+    for step in range(quality.iterations):
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
+        optimizers.zero_grad_all()
+        sum(loss_dict.values()).backward()
+        optimizers.optimizer_step_all()
+        optimizers.scheduler_step_all(step)
+        if step % report_every == 0:
+            yield Progress("training", step, quality.iterations)
+    result = RealFusionResult.from_model(pipeline.model, datamanager.dataparser)
+    yield Progress("done", quality.iterations, quality.iterations, result)
