@@ -26,8 +26,14 @@ from onelook.data.crop import DEFAULT_CROP_SCALE, keypoint_crop_box
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo_lolnerf"
 EXAMPLES = Path(__file__).parent / "assets" / "examples"
 MAX_UPLOAD = "25mb"
+QUALITY_NAMES = ["preview", "quick", "standard", "high"]  # preview: seconds, to see the flow; not the result
 SESSION_TTL_S = 3600  # output folders older than this are deleted
-LOLNERF_QUALITY = {"quick": (100, 48, 64), "standard": (300, 96, 128), "high": (800, 128, 256)}  # steps, px, mesh
+LOLNERF_QUALITY = {
+    "preview": (10, 32, 32),
+    "quick": (100, 48, 64),
+    "standard": (300, 96, 128),
+    "high": (800, 128, 256),
+}  # steps, px, mesh
 
 
 @dataclass
@@ -86,7 +92,9 @@ def object_preview(path: str | None, object_fraction: float):
 
 
 def object_reconstruct(config: AppConfig, path, object_fraction, quality, seed, progress):
-    """Generator (so that Stop interrupts it between steps): yields status text, then the results."""
+    """Generator, so that Stop interrupts it between steps: yields status updates, then (status, turntable,
+    depth, normals, downloads, export paths). A second, plain event puts the GLB into the 3D viewer, which
+    stays blank when a generator fills it."""
     import gradio as gr
 
     from onelook.data.images import ImageError
@@ -117,18 +125,18 @@ def object_reconstruct(config: AppConfig, path, object_fraction, quality, seed, 
         ):
             progress((update.step, update.total), desc=update.stage)
             result = update.result
-            yield f"{update.stage}: step {update.step} of {update.total}", None, None, None, None, None
+            yield f"{update.stage}: step {update.step} of {update.total}", *[gr.skip()] * 5
     except PriorUnavailableError as exc:
         raise gr.Error(str(exc)) from exc
     progress(0.99, desc="exporting")
     paths = export_all(result, out / "export", mesh_resolution=preset.mesh_resolution)
-    yield _results("done", paths)
+    yield "done", *show_results(paths)[1:], {name: str(path) for name, path in paths.items()}
 
 
-def _results(status: str, paths: dict):
+def show_results(paths: dict):
+    """(3D model, turntable, depth, normals, downloads) from `export_all`'s paths."""
     downloads = [str(paths[k]) for k in ("mesh_glb", "mesh_obj", "mesh_ply")]
     return (
-        status,
         str(paths["mesh_glb"]),
         str(paths["turntable"]),
         str(paths["depth"]),
@@ -228,7 +236,7 @@ class FaceTab:
             "size": list(result.image_size),
             "max_size": max_size,
         }
-        return (*_results("done", paths), state)
+        return ("done", *show_results(paths), state)
 
     def render_angle(self, state: dict | None, yaw: float, pitch: float):
         import gradio as gr
@@ -289,7 +297,7 @@ def build_demo(config: AppConfig):
                 with gr.Column():
                     obj_image = gr.Image(type="filepath", label="Photo of an object", sources=["upload"])
                     obj_fraction = gr.Slider(0.5, 0.9, 0.75, step=0.05, label="Foreground ratio")
-                    obj_quality = gr.Radio(["quick", "standard", "high"], value="quick", label="Quality")
+                    obj_quality = gr.Radio(QUALITY_NAMES, value="quick", label="Quality")
                     obj_seed = gr.Number(0, precision=0, label="Seed")
                     with gr.Row():
                         obj_go = gr.Button("Reconstruct", variant="primary")
@@ -298,8 +306,8 @@ def build_demo(config: AppConfig):
                     obj_preview = gr.Image(label="What the method will use", interactive=False)
                     obj_status = gr.Textbox(label="Status", interactive=False)
             with gr.Row():
-                obj_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1))
-                obj_video = gr.Video(label="Turntable", autoplay=True)
+                obj_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
+                obj_video = gr.Video(label="Turntable", autoplay=True, height=360)
             with gr.Row():
                 obj_depth = gr.Image(label="Depth", interactive=False)
                 obj_normals = gr.Image(label="Normals", interactive=False)
@@ -310,12 +318,15 @@ def build_demo(config: AppConfig):
             def run_object(path, fraction, quality, seed, progress=gr.Progress()):
                 yield from object_reconstruct(config, path, fraction, quality, seed, progress)
 
+            obj_paths = gr.State()
             event = obj_go.click(
                 run_object,
                 [obj_image, obj_fraction, obj_quality, obj_seed],
-                [obj_status, obj_model, obj_video, obj_depth, obj_normals, obj_files],
+                [obj_status, obj_video, obj_depth, obj_normals, obj_files, obj_paths],
                 api_name="reconstruct_object",
+                concurrency_id="heavy",
             )
+            event.success(lambda paths: paths["mesh_glb"], [obj_paths], [obj_model], api_name=False)
             obj_stop.click(None, cancels=[event])
 
         with gr.Tab("Faces and other categories"):
@@ -332,15 +343,15 @@ def build_demo(config: AppConfig):
                     face_image = gr.Image(type="filepath", label="Photo", sources=["upload"])
                     if examples:
                         gr.Examples([[str(p)] for p in examples], [face_image], label="Examples")
-                    face_quality = gr.Radio(["quick", "standard", "high"], value="quick", label="Quality")
+                    face_quality = gr.Radio(QUALITY_NAMES, value="quick", label="Quality")
                     face_seed = gr.Number(0, precision=0, label="Seed")
                     face_go = gr.Button("Reconstruct", variant="primary")
                 with gr.Column():
                     face_preview = gr.Image(label="Landmarks and mask", interactive=False)
                     face_status = gr.Textbox(label="Status", interactive=False)
             with gr.Row():
-                face_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1))
-                face_video = gr.Video(label="Turntable", autoplay=True)
+                face_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
+                face_video = gr.Video(label="Turntable", autoplay=True, height=360)
             with gr.Row():
                 face_depth = gr.Image(label="Depth", interactive=False)
                 face_normals = gr.Image(label="Normals", interactive=False)
@@ -360,6 +371,7 @@ def build_demo(config: AppConfig):
                 [face_image, face_quality, face_seed],
                 [face_status, face_model, face_video, face_depth, face_normals, face_files, face_state],
                 api_name="reconstruct_face",
+                concurrency_id="heavy",
             )
             for slider in (yaw, pitch):
                 slider.release(faces.render_angle, [face_state, yaw, pitch], [angle_view], api_name=False)
@@ -373,9 +385,11 @@ def build_demo(config: AppConfig):
             def run_blend(path_a, path_b, quality, progress=gr.Progress()):
                 return faces.interpolate(path_a, path_b, quality, progress)
 
-            blend_go.click(run_blend, [face_a, face_b, face_quality], [blend], api_name="interpolate_faces")
+            blend_go.click(
+                run_blend, [face_a, face_b, face_quality], [blend], api_name="interpolate_faces", concurrency_id="heavy"
+            )
             gr.Button("Stop").click(None, cancels=[face_event])
-    # Heavy work runs one request at a time; others wait in the queue (and see their position).
+    # Reconstructions share one slot ("heavy"): one runs at a time, the others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

@@ -28,8 +28,10 @@ class Quality:
     mesh_resolution: int
 
 
-# "quick" fits a CPU demo; "standard" and "high" are GPU-sized (the released code: 5000 iterations, 96 px views).
+# "preview" shows the whole flow in seconds; "quick" fits a CPU demo; "standard" and "high" are GPU-sized (the
+# released code: 5000 iterations, 96 px views).
 QUALITY = {
+    "preview": Quality(10, 5, 32, 16, 16, 256, 32),
     "quick": Quality(300, 100, 64, 32, 24, 1024, 64),
     "standard": Quality(2000, 1000, 128, 64, 48, 4096, 128),
     "high": Quality(5000, 3000, 128, 96, 64, 4096, 256),

@@ -1,0 +1,1 @@
+"""Files shipped with the package: the demo LOLNeRF model and the examples the app offers for it."""
