@@ -19,8 +19,8 @@ class LatentTable(nn.Module):
         return self.embedding.embedding_dim
 
     def forward(self, indices: Tensor) -> Tensor:
-        """(...,) or (..., 1) integer indices -> (..., latent_dim) codes."""
-        if indices.shape[-1:] == (1,):
+        """(N,) or (N, 1) integer indices (camera indices come as (N, 1)) -> (N, latent_dim) codes."""
+        if indices.ndim >= 2 and indices.shape[-1] == 1:
             indices = indices[..., 0]
         return self.embedding(indices.long())
 
