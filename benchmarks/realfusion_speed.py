@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 # Stable Diffusion 1.5's UNet and VAE configurations (diffusers' config.json of the released model).
+SAMPLES = 12  # coarse and again fine samples per ray: at 128 px more than this exceeds 24 GB (see README)
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -77,7 +78,7 @@ def time_iterations(size: int, iterations: int) -> dict:
     model = config.pipeline.model
     model.sd_model = str(build_tiny_stable_diffusion(tmp / "tiny-sd"))
     model.inversion_steps, model.implementation = 2, "torch"
-    model.num_coarse_samples = model.num_fine_samples = 48
+    model.num_coarse_samples = model.num_fine_samples = SAMPLES
     model.albedo_steps = 0  # shaded views, as after the first 1000 iterations
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipeline.model
@@ -133,7 +134,7 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print("CPU, 2 threads, tiny prior, 4096 reference rays, 48+48 samples per ray, shaded prior views")
+    print(f"CPU, 2 threads, tiny prior, 4096 reference rays, {SAMPLES}+{SAMPLES} samples per ray, shaded prior views")
     print(f"{'render':>8s} {'s/iter':>8s} {'render':>8s} {'SDS':>8s} {'backward':>9s} {'peak MB':>8s}")
     for r in rows:
         print(

@@ -295,7 +295,7 @@ def build_demo(config: AppConfig):
                 gr.Markdown("Running with a **tiny test prior**: the flow works end to end, the 3D is not meaningful.")
             with gr.Row():
                 with gr.Column():
-                    obj_image = gr.Image(type="filepath", label="Photo of an object", sources=["upload"])
+                    obj_image = gr.File(label="Photo of an object", file_types=["image"], type="filepath")
                     obj_fraction = gr.Slider(0.5, 0.9, 0.75, step=0.05, label="Foreground ratio")
                     obj_quality = gr.Radio(QUALITY_NAMES, value="quick", label="Quality")
                     obj_seed = gr.Number(0, precision=0, label="Seed")
@@ -340,7 +340,7 @@ def build_demo(config: AppConfig):
                 )
             with gr.Row():
                 with gr.Column():
-                    face_image = gr.Image(type="filepath", label="Photo", sources=["upload"])
+                    face_image = gr.File(label="Photo", file_types=["image"], type="filepath")
                     if examples:
                         gr.Examples([[str(p)] for p in examples], [face_image], label="Examples")
                     face_quality = gr.Radio(QUALITY_NAMES, value="quick", label="Quality")
@@ -377,8 +377,8 @@ def build_demo(config: AppConfig):
                 slider.release(faces.render_angle, [face_state, yaw, pitch], [angle_view], api_name=False)
             gr.Markdown("### Between two faces")
             with gr.Row():
-                face_a = gr.Image(type="filepath", label="Photo A", sources=["upload"])
-                face_b = gr.Image(type="filepath", label="Photo B", sources=["upload"])
+                face_a = gr.File(label="Photo A", file_types=["image"], type="filepath")
+                face_b = gr.File(label="Photo B", file_types=["image"], type="filepath")
                 blend = gr.Video(label="Interpolation", autoplay=True)
             blend_go = gr.Button("Interpolate")
 

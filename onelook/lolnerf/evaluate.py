@@ -141,10 +141,12 @@ def evaluate(
         for angle, c2w_model, c2w_novel in views:
             pred = fitted.render(c2w_model, fitted.focal_length, size)
             true = render(head, c2w_novel, focal, size)
-            if true.mask.any():
-                depth_errors.append(
-                    np.abs(scale * pred["depth"][true.mask] - true.depth[true.mask]).mean() / object_size
-                )
+            both = true.mask & (pred["alpha"] > 0.5)  # depth is defined where both see the object
+            coverage.append(both.sum() / max(true.mask.sum(), 1))
+            if both.any():
+                difference = scale * pred["depth"][both] - true.depth[both]
+                depth_errors.append(np.abs(difference).mean() / object_size)
+                shift_errors.append(np.abs(difference - np.median(difference)).mean() / object_size)
             if angle is None:
                 continue
             row = novel[f"({angle[0]:+.0f}, {angle[1]:+.0f})"]

@@ -55,7 +55,7 @@ def train_realfusion(
     object_fraction: float = 0.75,
     seed: int = 0,
     device: str | None = None,
-    report_every: int = 10,
+    report_every: int = 1,
 ) -> Iterator[Progress]:
     """Trains on one photo; yields progress every `report_every` steps and, last, the result.
 
