@@ -278,6 +278,20 @@ class FaceTab:
 # --- the page --------------------------------------------------------------------------------------------
 
 
+def _result_panel():
+    """The results both tabs show: 3D viewer, turntable, depth, normals, downloads."""
+    import gradio as gr
+
+    with gr.Row():
+        model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
+        video = gr.Video(label="Turntable", autoplay=True, height=360)
+    with gr.Row():
+        depth = gr.Image(label="Depth", interactive=False)
+        normals = gr.Image(label="Normals", interactive=False)
+        files = gr.File(label="Downloads", file_count="multiple")
+    return model, video, depth, normals, files
+
+
 def build_demo(config: AppConfig):
     import gradio as gr
 
@@ -305,13 +319,7 @@ def build_demo(config: AppConfig):
                 with gr.Column():
                     obj_preview = gr.Image(label="What the method will use", interactive=False)
                     obj_status = gr.Textbox(label="Status", interactive=False)
-            with gr.Row():
-                obj_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
-                obj_video = gr.Video(label="Turntable", autoplay=True, height=360)
-            with gr.Row():
-                obj_depth = gr.Image(label="Depth", interactive=False)
-                obj_normals = gr.Image(label="Normals", interactive=False)
-                obj_files = gr.File(label="Downloads", file_count="multiple")
+            obj_model, obj_video, obj_depth, obj_normals, obj_files = _result_panel()
             for trigger in (obj_image.upload, obj_fraction.release):
                 trigger(object_preview, [obj_image, obj_fraction], [obj_preview, obj_status], api_name=False)
 
@@ -349,13 +357,7 @@ def build_demo(config: AppConfig):
                 with gr.Column():
                     face_preview = gr.Image(label="Landmarks and mask", interactive=False)
                     face_status = gr.Textbox(label="Status", interactive=False)
-            with gr.Row():
-                face_model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
-                face_video = gr.Video(label="Turntable", autoplay=True, height=360)
-            with gr.Row():
-                face_depth = gr.Image(label="Depth", interactive=False)
-                face_normals = gr.Image(label="Normals", interactive=False)
-                face_files = gr.File(label="Downloads", file_count="multiple")
+            face_model, face_video, face_depth, face_normals, face_files = _result_panel()
             face_state = gr.State()
             with gr.Row():
                 yaw = gr.Slider(-60, 60, 0, step=1, label="Yaw")

@@ -232,7 +232,9 @@ def test_browser_upload_reconstruct_and_view(app, photos):
         page.goto(app)
         page.get_by_role("tab", name="Any object").click()
         page.locator("input[type=file]").first.set_input_files(str(photos["cup"]))
-        page.get_by_text("mask from", exact=False).first.wait_for(timeout=60_000)
+        page.wait_for_function(  # the status box (a textarea) reports the mask once the preview is ready
+            "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('mask from'))", timeout=60_000
+        )
         page.get_by_label("preview").first.check()
         page.get_by_role("button", name="Reconstruct").first.click()
         page.locator("video").first.wait_for(timeout=300_000)
