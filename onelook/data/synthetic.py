@@ -20,8 +20,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions, project
+from onelook.landmarks.mediapipe_face import FACE_KEYPOINT_NAMES
 
-KEYPOINT_NAMES = ("right_eye_outer", "left_eye_outer", "nose_tip", "mouth_right", "mouth_left")
+KEYPOINT_NAMES = FACE_KEYPOINT_NAMES  # the same semantic places as MediaPipe's face keypoints
 # Camera distribution of generated views (degrees, world units); the front of every head faces -Y.
 YAW_RANGE = (-35.0, 35.0)
 PITCH_RANGE = (-15.0, 20.0)

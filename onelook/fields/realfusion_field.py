@@ -59,10 +59,6 @@ class RealFusionField(Field):
             nn.Sigmoid(),
         )
 
-    @property
-    def num_levels(self) -> int:
-        return len(self.level_mask) // self.features_per_level
-
     def set_active_levels(self, active: int) -> None:
         """Coarse-to-fine: only the `active` coarsest levels contribute."""
         self.level_mask.zero_()

@@ -25,7 +25,6 @@ class PriorUnavailableError(RuntimeError):
 class SDSOutput:
     loss: Tensor  # its gradient with respect to the latents is w(t) (eps_pred - eps)
     timestep: int
-    grad_norm: float
 
 
 def check_available(model: str | Path) -> None:
@@ -193,4 +192,4 @@ class StableDiffusionPrior:
             grad = torch.nan_to_num((1 - alpha_bar) * (eps_hat - noise))
         target = (latents - grad).detach()
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / len(latents)
-        return SDSOutput(loss=loss, timestep=int(t), grad_norm=float(grad.norm()))
+        return SDSOutput(loss=loss, timestep=int(t))
