@@ -251,3 +251,23 @@ def test_grabcut_finds_an_object_on_a_plain_background():
     prepared = prepare_object_image(rgb, size=64)
     assert prepared.mask_source == "grabcut"
     assert 0.2 < prepared.mask.mean() < 0.7
+
+
+def test_prior_views_cover_the_upper_hemisphere_with_matching_prompts():
+    from onelook.data.prior_views import sample_prior_camera, view_label
+
+    assert [view_label(10, 0), view_label(90, 0), view_label(90, 180), view_label(90, -90), view_label(170, 0)] == [
+        "overhead", "front", "back", "side", "bottom",
+    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        camera, label = sample_prior_camera(rng, 16)
+        position = camera.camera_to_worlds[0, :, 3].numpy()
+        assert 1.0 <= np.linalg.norm(position) <= 1.5
+        polar = np.degrees(np.arccos(position[2] / np.linalg.norm(position)))
+        assert polar <= 120.0 + 1e-4
+        azimuth = np.degrees(np.arctan2(position[0], -position[1]))
+        assert label == view_label(polar, azimuth)
+        # The camera looks at the object's centre.
+        forward = -camera.camera_to_worlds[0, :, 2].numpy()
+        np.testing.assert_allclose(forward, -position / np.linalg.norm(position), atol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import TDataset, VanillaDataManager, VanillaDataManagerConfig
 
-from onelook.cameras.geometry import look_at
+from onelook.cameras.geometry import look_at, orbit_positions
 
 VIEW_LABELS = ("front", "side", "back", "overhead", "bottom")
 
@@ -44,10 +44,9 @@ def sample_prior_camera(
         polar = rng.uniform(0.0, max_polar)
     azimuth = rng.uniform(0.0, 360.0)
     distance = rng.uniform(*distance_range)
-    theta, phi = np.radians(polar), np.radians(azimuth)
-    position = distance * np.array([np.sin(theta) * np.sin(phi), -np.sin(theta) * np.cos(phi), np.cos(theta)])
+    position = orbit_positions(azimuth, 90.0 - polar, distance)
     # Straight above or below, "up" for the camera is the object's front-back axis.
-    up = np.array([0.0, 1.0, 0.0]) if np.sin(theta) < 1e-3 else None
+    up = np.array([0.0, 1.0, 0.0]) if np.sin(np.radians(polar)) < 1e-3 else None
     c2w = look_at(position[None], up=up)[0]
     focal = 0.5 * size / np.tan(np.radians(rng.uniform(*fov_range)) / 2)
     camera = Cameras(

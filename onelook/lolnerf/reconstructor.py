@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import trimesh
 from tqdm import trange
 
-from onelook.cameras.geometry import look_at, turn_about_origin
+from onelook.cameras.geometry import look_at, orbit_positions, turn_about_origin
 from onelook.cameras.pose import estimate_pose
 from onelook.data.crop import crop_square, keypoint_crop_box
 from onelook.data.images import load_image
@@ -167,11 +167,7 @@ class Reconstructor:
         training cameras' typical distance and focal length (model frame)."""
         _, crop_focal, _ = self.model.crop_settings.tolist()
         distance = self.typical_distance if distance is None else distance
-        yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
-        position = distance * np.array(
-            [np.cos(pitch_r) * np.sin(yaw_r), -np.cos(pitch_r) * np.cos(yaw_r), np.sin(pitch_r)]
-        )
-        return look_at(position[None])[0], crop_focal
+        return look_at(orbit_positions(yaw, pitch, distance)[None])[0], crop_focal
 
     @property
     def typical_distance(self) -> float:
