@@ -218,17 +218,22 @@ class FaceTab:
         return shown, f"head pose: yaw {yaw:+.0f}°, pitch {pitch:+.0f}° (keypoint fit {residual:.1f} px)"
 
     def reconstruct(self, path, quality, seed, progress):
+        """Generator like `object_reconstruct`: status updates, then (status, turntable, depth, normals,
+        downloads, export paths, the state the angle sliders render from)."""
+        import gradio as gr
+
         from onelook.export import export_all
 
         recon = self._require_model()
         rgb = _load_upload(path).rgb
         keypoints, mask = self.landmarks(path, rgb)
         steps, max_size, mesh_resolution = LOLNERF_QUALITY[quality]
-        progress(0.1, desc="fitting the photo's latent code")
-        result = recon.fit(rgb, landmarks=keypoints, mask=mask, steps=steps, seed=int(seed), progress=False)
-        progress(0.6, desc="rendering and meshing")
-        out = _session_dir(self.config)
-        paths = export_all(result, out, mesh_resolution=mesh_resolution, max_size=max_size)
+        for step, result in recon.fit_steps(rgb, keypoints, mask, steps=steps, seed=int(seed), progress=False):
+            progress((step, steps), desc="fitting the photo's latent code")
+            if result is None:
+                yield f"fitting: step {step} of {steps}", *[gr.skip()] * 6
+        progress(0.99, desc="rendering and meshing")
+        paths = export_all(result, _session_dir(self.config), mesh_resolution=mesh_resolution, max_size=max_size)
         state = {
             "latent": result.latent.cpu().numpy().tolist(),
             "c2w": result.camera_to_world.tolist(),
@@ -236,7 +241,7 @@ class FaceTab:
             "size": list(result.image_size),
             "max_size": max_size,
         }
-        return ("done", *show_results(paths), state)
+        yield "done", *show_results(paths)[1:], {name: str(p) for name, p in paths.items()}, state
 
     def render_angle(self, state: dict | None, yaw: float, pitch: float):
         import gradio as gr
@@ -366,15 +371,17 @@ def build_demo(config: AppConfig):
             face_image.upload(faces.preview, [face_image], [face_preview, face_status], api_name="face_preview")
 
             def run_face(path, quality, seed, progress=gr.Progress()):
-                return faces.reconstruct(path, quality, seed, progress)
+                yield from faces.reconstruct(path, quality, seed, progress)
 
+            face_paths = gr.State()
             face_event = face_go.click(
                 run_face,
                 [face_image, face_quality, face_seed],
-                [face_status, face_model, face_video, face_depth, face_normals, face_files, face_state],
+                [face_status, face_video, face_depth, face_normals, face_files, face_paths, face_state],
                 api_name="reconstruct_face",
                 concurrency_id="heavy",
             )
+            face_event.success(lambda paths: paths["mesh_glb"], [face_paths], [face_model], api_name=False)
             for slider in (yaw, pitch):
                 slider.release(faces.render_angle, [face_state, yaw, pitch], [angle_view], api_name=False)
             gr.Markdown("### Between two faces")

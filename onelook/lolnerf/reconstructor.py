@@ -7,6 +7,8 @@ this module are in that frame, OpenGL convention, with the principal point at th
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,11 @@ class Reconstructor:
         """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays."""
         return render_view(self.model, self.to_world(camera_to_world), focal_length, size, {"latent": latent})
 
-    def fit(
+    def fit(self, image, **options) -> Reconstruction:
+        """Lifts one photo to 3D; see `fit_steps` for the options."""
+        return deque(self.fit_steps(image, **options), maxlen=1)[0][1]  # the last item holds the result
+
+    def fit_steps(
         self,
         image,
         landmarks: np.ndarray | None = None,
@@ -88,8 +94,10 @@ class Reconstructor:
         mask_weight: float = 1.0,
         seed: int = 0,
         progress: bool = True,
-    ) -> Reconstruction:
-        """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time:
+    ) -> Iterator[tuple[int, Reconstruction | None]]:
+        """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time, yielding
+        (step, None) after each optimisation step, then (steps, the Reconstruction); stopping the iteration
+        stops the work (the demo app's Stop button):
 
         1. keypoints (MediaPipe's five face landmarks unless `landmarks` (K, 2) pixels are given) place the
            camera against the model's canonical keypoints, with the focal length the training crops had;
@@ -140,7 +148,7 @@ class Reconstructor:
         latent = self.model.latents.mean().detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([latent], lr=learning_rate)
         losses = []
-        for _ in trange(steps, desc="fitting latent", disable=not progress):
+        for step in trange(steps, desc="fitting latent", disable=not progress):
             pick = pixels[torch.randint(len(pixels), (min(rays_per_step, len(pixels)),), generator=generator)]
             bundle = rays[pick]
             bundle.metadata = {"latent": latent.expand(len(pick), -1)}
@@ -152,9 +160,10 @@ class Reconstructor:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            yield step, None
         c2w = c2w_world.copy()
         c2w[:3, 3] -= self.origin
-        return Reconstruction(self, latent.detach(), c2w, crop_focal / scale, (height, width), losses)
+        yield steps, Reconstruction(self, latent.detach(), c2w, crop_focal / scale, (height, width), losses)
 
     def reconstruction(self, latent: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0) -> Reconstruction:
         """A latent (sampled, interpolated, ...) seen from a training-like camera at `yaw`/`pitch` degrees."""
