@@ -123,7 +123,8 @@ def evaluate(
     focal = synth["focal_length"] * size / synth["image_size"][0]
     for j in tqdm(range(held_out), desc="held-out identities"):
         head, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j)
-        object_size = float(np.ptp(np.asarray(head.mesh().vertices), axis=0).max())
+        true_mesh = head.mesh()
+        object_size = float(np.ptp(np.asarray(true_mesh.vertices), axis=0).max())
         view = render(head, c2w_true, focal, size)
         keypoints = project(head.keypoints(), c2w_true[None], focal, (size, size))[0][0]
         fitted = recon.fit(
@@ -160,8 +161,7 @@ def evaluate(
             chamfers.append(1.0)
             continue
         predicted = scale * mesh.sample(20000) @ rotation.T + translation
-        true_points = head.mesh().sample_points_uniformly(20000)
-        true_points = np.asarray(true_points.points)
+        true_points = np.asarray(true_mesh.sample_points_uniformly(20000).points)
         chamfer = 0.5 * (
             cKDTree(true_points).query(predicted)[0].mean() + cKDTree(predicted).query(true_points)[0].mean()
         )
