@@ -2,54 +2,133 @@
 
 nerfstudio writes config.yml with Python object tags and loads it with PyYAML's unsafe loader, and its
 checkpoints are pickles that torch >= 2.6 refuses to load with `weights_only=True` (the scheduler state holds
-numpy scalars; nerfstudio issue #3683). Here the YAML loader builds only objects from an allow-list of
-modules, and checkpoints load with `weights_only=True` plus an explicit allow-list of numpy's plain data
-types: a run folder that someone hands over cannot execute code on load.
+numpy scalars; nerfstudio issue #3683). Here config.yml is read by PyYAML's safe loader plus three Python tags,
+each limited to an exact list of names:
+
+- `!!python/object:NAME` builds one of `CONFIG_CLASSES` (the config dataclasses that our methods and
+  nerfstudio's trainer write) by setting its fields, without calling any code of the class;
+- `!!python/object/apply:NAME` calls only `APPLY_CONSTRUCTORS` (paths, and the enum nerfstudio's writer uses),
+  with positional arguments;
+- `!!python/name:NAME` names only `CONFIG_CLASSES`, `APPLY_CONSTRUCTORS` and `REFERENCED_NAMES` (the classes
+  the configs instantiate, and the collate function nerfstudio's datamanager refers to); nothing is called.
+
+Any other tag or name is refused with `UnsafeRunConfigError`, which names the tag, the file and the line.
+Checkpoints load with `weights_only=True` plus an explicit allow-list of numpy's plain data types: a run folder
+that someone hands over cannot execute code on load.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from yaml.constructor import ConstructorError, UnsafeConstructor
+from yaml.constructor import ConstructorError
 
-# Modules whose classes a run's config.yml may name (config dataclasses, enums, paths, optimizer classes).
-ALLOWED_CONFIG_MODULES = ("nerfstudio.", "onelook.", "pathlib.", "torch.optim.")
+# The config dataclasses `ns-train lolnerf`, `lolnerf-small` and `realfusion` write (tests/test_runs.py checks
+# that this is every one of them). Built field by field: no constructor, no __setstate__, no code of theirs runs.
+CONFIG_CLASSES = frozenset(
+    {
+        "nerfstudio.configs.base_config.LocalWriterConfig",
+        "nerfstudio.configs.base_config.LoggingConfig",
+        "nerfstudio.configs.base_config.MachineConfig",
+        "nerfstudio.configs.base_config.ViewerConfig",
+        "nerfstudio.data.datamanagers.base_datamanager.VanillaDataManagerConfig",
+        "nerfstudio.data.pixel_samplers.PixelSamplerConfig",
+        "nerfstudio.engine.optimizers.AdamOptimizerConfig",
+        "nerfstudio.engine.schedulers.ExponentialDecaySchedulerConfig",
+        "nerfstudio.engine.trainer.TrainerConfig",
+        "nerfstudio.pipelines.base_pipeline.VanillaPipelineConfig",
+        "onelook.configs.RealFusionTrainerConfig",
+        "onelook.data.dataparser.OnelookDataParserConfig",
+        "onelook.data.image_dataparser.ObjectImageDataParserConfig",
+        "onelook.data.prior_views.PriorViewDataManagerConfig",
+        "onelook.models.lolnerf.LOLNeRFModelConfig",
+        "onelook.models.realfusion.RealFusionModelConfig",
+    }
+)
+# Callables `!!python/object/apply` may call, with positional arguments only: paths (a path written on any
+# system becomes this system's `Path`) and the enum of nerfstudio's writer (looked up by its value).
+APPLY_CONSTRUCTORS = frozenset(
+    {"pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path", "nerfstudio.utils.writer.EventName"}
+)
+# What the configs' `_target` fields and other class-valued fields name (`!!python/name`): referenced, not called.
+REFERENCED_NAMES = frozenset(
+    {
+        "nerfstudio.data.datamanagers.base_datamanager.VanillaDataManager",
+        "nerfstudio.data.pixel_samplers.PixelSampler",
+        "nerfstudio.data.utils.nerfstudio_collate.nerfstudio_collate",
+        "nerfstudio.engine.schedulers.ExponentialDecayScheduler",
+        "nerfstudio.engine.trainer.Trainer",
+        "nerfstudio.pipelines.base_pipeline.VanillaPipeline",
+        "nerfstudio.utils.writer.LocalWriter",
+        "onelook.data.dataparser.OnelookDataParser",
+        "onelook.data.image_dataparser.ObjectImageDataParser",
+        "onelook.data.prior_views.PriorViewDataManager",
+        "onelook.models.lolnerf.LOLNeRFModel",
+        "onelook.models.realfusion.RealFusionModel",
+        "torch.optim.adam.Adam",
+    }
+)
 
 
-class _RunConfigLoader(yaml.UnsafeLoader):
-    """PyYAML's safe constructors, plus the Python-object ones restricted to allowed modules."""
-
-    yaml_constructors = dict(yaml.SafeLoader.yaml_constructors)
-    yaml_multi_constructors = {}
+class UnsafeRunConfigError(ValueError):
+    """A run's config.yml asks for something outside the allow-list (or is not a config at all)."""
 
 
-def _allow_listed(construct):
-    def build(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Any:
-        if not suffix.startswith(ALLOWED_CONFIG_MODULES):
-            raise ConstructorError(None, None, f"refusing to build {suffix!r} from a run config", node.start_mark)
-        return construct(loader, suffix, node)
-
-    return build
+def _resolve(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
-for _tag, _construct in (
-    ("python/object:", UnsafeConstructor.construct_python_object),
-    ("python/object/apply:", UnsafeConstructor.construct_python_object_apply),
-    ("python/object/new:", UnsafeConstructor.construct_python_object_new),
-    ("python/name:", UnsafeConstructor.construct_python_name),
-):
-    _RunConfigLoader.add_multi_constructor(f"tag:yaml.org,2002:{_tag}", _allow_listed(_construct))
-_RunConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", UnsafeConstructor.construct_python_tuple)
+def _refuse(tag: str, suffix: str, node: yaml.Node) -> ConstructorError:
+    return ConstructorError(
+        None, None, f"refusing '!!python/{tag}:{suffix}': not a config class that onelook allows", node.start_mark
+    )
+
+
+class _RunConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus the three Python tags limited to exact names (see the module docstring)."""
+
+    def construct_config(self, suffix: str, node: yaml.Node):
+        if suffix not in CONFIG_CLASSES or not isinstance(node, yaml.MappingNode):
+            raise _refuse("object", suffix, node)
+        cls = _resolve(suffix)
+        instance = cls.__new__(cls)
+        yield instance  # first, so that anchors inside the mapping can refer back to it
+        instance.__dict__.update(self.construct_mapping(node, deep=True))
+
+    def construct_apply(self, suffix: str, node: yaml.Node):
+        if suffix not in APPLY_CONSTRUCTORS or not isinstance(node, yaml.SequenceNode):
+            raise _refuse("object/apply", suffix, node)
+        constructor = Path if suffix.startswith("pathlib.") else _resolve(suffix)
+        return constructor(*self.construct_sequence(node, deep=True))
+
+    def construct_name(self, suffix: str, node: yaml.Node):
+        if suffix not in CONFIG_CLASSES | REFERENCED_NAMES | APPLY_CONSTRUCTORS:
+            raise _refuse("name", suffix, node)
+        return _resolve(suffix)
+
+
+_RunConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/object:", _RunConfigLoader.construct_config)
+_RunConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/object/apply:", _RunConfigLoader.construct_apply)
+_RunConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/name:", _RunConfigLoader.construct_name)
+_RunConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", yaml.FullLoader.construct_python_tuple)
 
 
 def load_run_config(path: Path):
-    """A run's TrainerConfig from its config.yml, building only allow-listed classes."""
-    return yaml.load(Path(path).read_text(), Loader=_RunConfigLoader)
+    """A run's TrainerConfig from its config.yml, building only allow-listed classes (module docstring)."""
+    path = Path(path)
+    try:
+        config = yaml.load(path.read_text(), Loader=_RunConfigLoader)
+    except yaml.YAMLError as exc:
+        raise UnsafeRunConfigError(f"{path}: {exc}") from exc
+    if type(config).__module__ + "." + type(config).__qualname__ not in CONFIG_CLASSES:
+        raise UnsafeRunConfigError(f"{path} does not hold a trainer config (found {type(config).__name__})")
+    return config
 
 
 def _numpy_data_types() -> list:

@@ -37,12 +37,17 @@ def test_ns_train_help_lists_plugins():
 
 
 @pytest.mark.slow
-def test_ns_train_runs_on_a_prepared_dataset(synth_dataset, tmp_path):
-    """The real command line: loads the dataset through the plugin dataparser and trains on the CPU."""
+@pytest.mark.parametrize("method", ["lolnerf-small", "lolnerf"])
+def test_ns_train_runs_on_a_prepared_dataset(synth_dataset, tmp_path, method):
+    """The real command line: loads the dataset through the plugin dataparser and trains on the CPU; the run
+    it writes loads back through onelook's safe loader."""
+    from onelook.lolnerf import Reconstructor
+    from onelook.runs import load_run_config
+
     result = subprocess.run(
         [
             NS_TRAIN,
-            "lolnerf-small",
+            method,
             "--data",
             str(synth_dataset),
             "--machine.device-type",
@@ -64,4 +69,6 @@ def test_ns_train_runs_on_a_prepared_dataset(synth_dataset, tmp_path):
     configs = list(tmp_path.rglob("config.yml"))
     assert len(configs) == 1
     assert list(configs[0].parent.glob("nerfstudio_models/step-*.ckpt"))
+    assert load_run_config(configs[0]).method_name == method
+    assert Reconstructor.from_run(configs[0].parent, device="cpu").canonical_keypoints.shape == (5, 3)
     shutil.rmtree(tmp_path)

@@ -149,6 +149,7 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
 def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_path):
     """No embedding given: textual inversion runs first; then training, then `onelook export`."""
     from onelook.cli import main
+    from onelook.runs import load_run_config
 
     result = subprocess.run(
         [
@@ -180,6 +181,7 @@ def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "cache").rglob("embedding.safetensors"))
     run = next((tmp_path / "runs").rglob("config.yml")).parent
+    assert load_run_config(run / "config.yml").method_name == "realfusion"  # onelook's safe loader reads it
     out = tmp_path / "export"
     assert main(["export", str(run), "--out", str(out), "--frames", "4", "--mesh-resolution", "32"]) == 0
     for name in ("mesh.glb", "mesh.obj", "mesh.ply", "turntable.mp4", "depth.png", "normals.png", "view.png"):
