@@ -17,16 +17,16 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "onelook" / "assets" / "demo
 
 def _payloads(tmp: Path) -> dict[str, str]:
     """Each would write `tmp/owned*` if the loader built it; every route goes through an old allowed prefix."""
+    shell = f'!!python/object/apply:nerfstudio.utils.scripts.run_command ["echo owned > {tmp}/owned.txt"]'
+    path = f"!!python/object/apply:pathlib.PosixPath [{tmp}/owned.txt]"
     return {
-        "shell command via nerfstudio": f'!!python/object/apply:nerfstudio.utils.scripts.run_command ["echo owned > {tmp}/owned.txt"]',
+        "shell command via nerfstudio": shell,
         "function in onelook": f"!!python/object/apply:onelook.data.synthetic.generate [2, 32, 0, {tmp}/owned_dir]",
         "function in nerfstudio": (
             f"!!python/object/apply:nerfstudio.utils.io.write_to_json "
             f"[!!python/object/apply:pathlib.PosixPath [{tmp}/owned.json], {{a: 1}}]"
         ),
-        "pathlib method": (
-            f"!!python/object/apply:pathlib.Path.write_text [!!python/object/apply:pathlib.PosixPath [{tmp}/owned.txt], owned]"
-        ),
+        "pathlib method": f"!!python/object/apply:pathlib.Path.write_text [{path}, owned]",
         "pathlib method by name": "!!python/name:pathlib.Path.write_text ''",
         "os.system": f'!!python/object/apply:os.system ["echo owned > {tmp}/owned.txt"]',
         "object/new": f"!!python/object/new:pathlib.PosixPath [{tmp}/owned.txt]",
@@ -35,8 +35,7 @@ def _payloads(tmp: Path) -> dict[str, str]:
         "module": "!!python/module:os ''",
         "payload inside a real config": DEMO_CONFIG.read_text().replace(
             "data: &id003 !!python/object/apply:pathlib.PosixPath",
-            f'data: !!python/object/apply:nerfstudio.utils.scripts.run_command ["echo owned > {tmp}/owned.txt"]\n'
-            "unused: &id003 !!python/object/apply:pathlib.PosixPath",
+            f"data: {shell}\nunused: &id003 !!python/object/apply:pathlib.PosixPath",
             1,
         ),
     }
