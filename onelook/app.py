@@ -4,36 +4,48 @@ Two tabs: "Any object" (RealFusion, a diffusion prior) and "Faces and other cate
 category model). Models come from command-line flags or environment variables; nothing is downloaded by the
 app itself, and a tab whose model is missing says what to set while the rest of the app works.
 
+Every reconstruction (both tabs, and the interpolation) runs in one worker process (`onelook.worker`,
+`onelook.app_jobs`), one at a time: Stop kills that process at once and a fresh one starts; a crash or an
+out-of-memory kill there gives its visitor an error and leaves the server serving the others. The worker keeps
+the LOLNeRF model and the diffusion prior loaded between requests. Previews and angle renders are light and
+run in the server process. This module holds the page and its wiring only.
+
     python app.py [--port N] [--host H] [--prior tiny] [--lolnerf-run DIR] [--sd-model ID_OR_FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import gradio as gr
 import numpy as np
+import torch
 
-from onelook.data.crop import DEFAULT_CROP_SCALE, keypoint_crop_box
+from onelook.app_jobs import (
+    DEMO_MODEL,
+    EXAMPLES,
+    ExampleKeypoints,
+    face_keypoints,
+    load_reconstructor,
+    load_upload,
+)
+from onelook.cameras.geometry import turn_about_origin
+from onelook.worker import JobError, JobResult, JobUpdate, WorkerDiedError, WorkerProcess
 
-DEMO_MODEL = Path(__file__).parent / "assets" / "demo_lolnerf"
-EXAMPLES = Path(__file__).parent / "assets" / "examples"
 MAX_UPLOAD = "25mb"
 QUALITY_NAMES = ["preview", "quick", "standard", "high"]  # preview: seconds, to see the flow; not the result
-SESSION_TTL_S = 3600  # output folders older than this are deleted
-LOLNERF_QUALITY = {
-    "preview": (10, 32, 32),
-    "quick": (100, 48, 64),
-    "standard": (300, 96, 128),
-    "high": (800, 128, 256),
-}  # steps, px, mesh
+SESSION_TTL_S = 3600  # output folders whose job ended longer ago than this are deleted
+PREVIEW_SIZE = 256
 
 
 @dataclass
@@ -45,239 +57,151 @@ class AppConfig:
     device: str | None = None
 
 
-def _session_dir(config: AppConfig) -> Path:
-    """A fresh folder for one request; folders older than SESSION_TTL_S are removed first."""
-    config.output_root.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in config.output_root.iterdir():
-        if old.is_dir() and now - old.stat().st_mtime > SESSION_TTL_S:
-            shutil.rmtree(old, ignore_errors=True)
-    path = config.output_root / uuid.uuid4().hex
-    path.mkdir()
-    return path
+class SessionFolders:
+    """One output folder per request. A folder is deleted once its job ended more than `ttl` seconds ago, never
+    while its job runs; folders left by an earlier run of the app go by their newest file."""
+
+    def __init__(self, root: Path, ttl: float = SESSION_TTL_S):
+        self.root, self.ttl = root, ttl
+        self._running: set[Path] = set()
+        self._ended: dict[Path, float] = {}  # folder -> when its job ended
+
+    def new(self) -> Path:
+        self.clean_up()
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / uuid.uuid4().hex
+        path.mkdir()
+        self._running.add(path)
+        return path
+
+    def release(self, path: Path) -> None:
+        self._running.discard(path)
+        self._ended[path] = time.time()
+
+    def last_used(self, path: Path) -> float:
+        if path in self._running:
+            return time.time()
+        if path in self._ended:
+            return self._ended[path]
+        return max((p.stat().st_mtime for p in path.rglob("*")), default=path.stat().st_mtime)
+
+    def clean_up(self) -> None:
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for folder in self.root.iterdir():
+            if folder.is_dir() and now - self.last_used(folder) > self.ttl:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._ended.pop(folder, None)
 
 
-def _load_upload(path: str | None):
-    """The uploaded file through onelook's loader: every bad input becomes a gr.Error the visitor can read."""
-    import gradio as gr
+def _shown_errors(handler):
+    """Sync handlers: a JobError (bad upload, no face, no model) reaches the visitor as a gr.Error."""
 
-    from onelook.data.images import ImageError, load_image
+    @functools.wraps(handler)
+    def wrapped(*args):
+        try:
+            return handler(*args)
+        except JobError as exc:
+            raise gr.Error(str(exc)) from exc
 
-    if not path:
-        raise gr.Error("Upload a photo first (or pick an example).")
-    try:
-        return load_image(path)
-    except ImageError as exc:
-        raise gr.Error(f"This file cannot be used: {exc}.") from exc
+    return wrapped
+
+
+class Jobs:
+    """The server's side of the worker: runs a job, turns its updates into progress and its errors into
+    messages for the visitor, and gives each request its own output folder."""
+
+    def __init__(self, config: AppConfig):
+        self.folders = SessionFolders(config.output_root)
+        self.worker = WorkerProcess("onelook.app_jobs.AppJobs", config.sd_model, config.lolnerf_run, config.device)
+
+    async def run(self, job: str, args: tuple, progress: gr.Progress) -> AsyncIterator[str | JobResult]:
+        """Yields a status line per update, then the JobResult."""
+        out = self.folders.new()
+        try:
+            async for message in self.worker.run(job, *args, out):
+                if isinstance(message, JobUpdate):
+                    progress((message.step, message.total), desc=message.stage)
+                    yield f"{message.stage}: step {message.step} of {message.total}"
+                else:
+                    yield message
+        except JobError as exc:
+            raise gr.Error(str(exc)) from exc
+        except WorkerDiedError as exc:
+            raise gr.Error(f"Your reconstruction was lost: {exc}. Please try again.") from exc
+        except RuntimeError as exc:  # an unexpected failure in the worker: its first line, the rest in the log
+            print(exc, flush=True)
+            raise gr.Error(f"The reconstruction failed ({str(exc).splitlines()[0]}).") from exc
+        finally:
+            self.folders.release(out)
+
+
+def show_results(paths: dict):
+    """(turntable, depth, normals, downloads) from `export_all`'s paths."""
+    downloads = [paths[k] for k in ("mesh_glb", "mesh_obj", "mesh_ply")]
+    return paths["turntable"], paths["depth"], paths["normals"], downloads
 
 
 # --- "Any object" (RealFusion) -----------------------------------------------------------------------------
 
 
+@_shown_errors
 def object_preview(path: str | None, object_fraction: float):
     """The crop and mask RealFusion will use, as an overlay."""
-    import gradio as gr
-
     from onelook.data.images import ImageError
     from onelook.data.object_image import prepare_object_image
 
-    _load_upload(path)
     try:
-        prepared = prepare_object_image(path, size=256, object_fraction=object_fraction)
+        prepared = prepare_object_image(load_upload(path), size=PREVIEW_SIZE, object_fraction=object_fraction)
     except ImageError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise JobError(str(exc)) from exc
     overlay = prepared.rgb.astype(np.float32)
     overlay[~prepared.mask] = overlay[~prepared.mask] * 0.3 + np.array([40, 40, 160]) * 0.7
     return overlay.astype(np.uint8), f"mask from {prepared.mask_source}; background shown in blue"
-
-
-def object_reconstruct(config: AppConfig, path, object_fraction, quality, seed, progress):
-    """Generator, so that Stop interrupts it between steps: yields status updates, then (status, turntable,
-    depth, normals, downloads, export paths). A second, plain event puts the GLB into the 3D viewer, which
-    stays blank when a generator fills it."""
-    import gradio as gr
-
-    from onelook.data.images import ImageError
-    from onelook.data.object_image import prepare_object_image
-    from onelook.export import export_all
-    from onelook.guidance.stable_diffusion import PriorUnavailableError
-    from onelook.realfusion.train import QUALITY, train_realfusion
-
-    if config.sd_model is None:
-        raise gr.Error("No diffusion model is set: start the app with --sd-model ID_OR_FOLDER (or --prior tiny).")
-    _load_upload(path)
-    try:
-        prepare_object_image(path, object_fraction=object_fraction)  # checks the photo before any heavy work
-    except ImageError as exc:
-        raise gr.Error(str(exc)) from exc
-    out = _session_dir(config)
-    preset = QUALITY[quality]
-    result = None
-    try:
-        for update in train_realfusion(
-            Path(path),
-            out,
-            preset,
-            config.sd_model,
-            object_fraction=object_fraction,
-            seed=int(seed),
-            device=config.device,
-        ):
-            progress((update.step, update.total), desc=update.stage)
-            result = update.result
-            yield f"{update.stage}: step {update.step} of {update.total}", *[gr.skip()] * 5
-    except PriorUnavailableError as exc:
-        raise gr.Error(str(exc)) from exc
-    progress(0.99, desc="exporting")
-    paths = export_all(result, out / "export", mesh_resolution=preset.mesh_resolution)
-    yield "done", *show_results(paths)[1:], {name: str(path) for name, path in paths.items()}
-
-
-def show_results(paths: dict):
-    """(3D model, turntable, depth, normals, downloads) from `export_all`'s paths."""
-    downloads = [str(paths[k]) for k in ("mesh_glb", "mesh_obj", "mesh_ply")]
-    return (
-        str(paths["mesh_glb"]),
-        str(paths["turntable"]),
-        str(paths["depth"]),
-        str(paths["normals"]),
-        downloads,
-    )
 
 
 # --- "Faces and other categories" (LOLNeRF) ----------------------------------------------------------------
 
 
 class FaceTab:
-    """Holds the LOLNeRF model (loaded once) and the examples' known keypoints."""
+    """The light LOLNeRF work done in the server: the landmark preview and renders at other angles (a copy of
+    the model is loaded here too; fits run in the worker)."""
 
     def __init__(self, config: AppConfig):
-        from onelook.lolnerf import Reconstructor
-
-        self.config = config
         self.run = config.lolnerf_run or DEMO_MODEL
         self.is_demo = config.lolnerf_run is None
-        self.error = None
-        self.reconstructor = None
-        try:
-            self.reconstructor = Reconstructor.from_run(self.run, device=config.device)
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            self.error = (
-                f"No LOLNeRF model could be loaded from {self.run} ({exc}). Start the app with --lolnerf-run DIR."
-            )
-        known = EXAMPLES / "landmarks.json"
-        self.known_landmarks = json.loads(known.read_text()) if known.is_file() else {}
-
-    def landmarks(self, path: str, rgb: np.ndarray):
-        """Keypoints of a bundled example (known), else MediaPipe's five face landmarks; and a mask."""
-        import gradio as gr
-
-        from onelook.landmarks.mediapipe_face import FaceLandmarker, NoFaceError
-
-        name = Path(path).name
-        if name in self.known_landmarks:
-            return np.array(self.known_landmarks[name], dtype=float), None
-        detector = FaceLandmarker()
-        try:
-            detection = detector.detect(rgb)
-        except NoFaceError as exc:
-            raise gr.Error("No face was found in this photo. Try a clear, front-facing photo of one face.") from exc
-        finally:
-            detector.close()
-        return detection.keypoints, detection.mask
+        self.reconstructor, self.error = load_reconstructor(self.run, config.device)
+        self.examples = ExampleKeypoints()
 
     def _require_model(self):
-        import gradio as gr
-
         if self.reconstructor is None:
-            raise gr.Error(self.error)
+            raise JobError(self.error)
         return self.reconstructor
 
     def preview(self, path: str | None):
-        import cv2
-
-        from onelook.cameras.pose import estimate_pose
-
         recon = self._require_model()
-        rgb = _load_upload(path).rgb
-        keypoints, mask = self.landmarks(path, rgb)
-        crop_scale, crop_focal, crop_size = recon.model.crop_settings.tolist()
-        _, _, side = keypoint_crop_box(keypoints, crop_scale or DEFAULT_CROP_SCALE)
-        c2w, residual = estimate_pose(
-            recon.model.canonical_keypoints.cpu().numpy(), keypoints, crop_focal * side / crop_size, rgb.shape[:2]
-        )
+        rgb = load_upload(path).rgb
+        keypoints, mask = face_keypoints(path, rgb, self.examples)
+        placement = recon.locate(keypoints, rgb.shape[:2])
         shown = rgb.copy()
         if mask is not None:
             shown[mask < 0.5] = (shown[mask < 0.5] * 0.35).astype(np.uint8)
         radius = max(2, int(0.01 * max(rgb.shape[:2])))
         for x, y in keypoints:
             cv2.circle(shown, (int(x), int(y)), radius, (255, 40, 40), -1)
-        forward = -c2w[:3, 2]  # where the camera looks, in the model's frame (front of the object faces -Y)
-        yaw = np.degrees(np.arctan2(-forward[0], forward[1]))
-        pitch = np.degrees(np.arcsin(np.clip(-forward[2], -1, 1)))
-        return shown, f"head pose: yaw {yaw:+.0f}°, pitch {pitch:+.0f}° (keypoint fit {residual:.1f} px)"
-
-    def reconstruct(self, path, quality, seed, progress):
-        """Generator like `object_reconstruct`: status updates, then (status, turntable, depth, normals,
-        downloads, export paths, the state the angle sliders render from)."""
-        import gradio as gr
-
-        from onelook.export import export_all
-
-        recon = self._require_model()
-        rgb = _load_upload(path).rgb
-        keypoints, mask = self.landmarks(path, rgb)
-        steps, max_size, mesh_resolution = LOLNERF_QUALITY[quality]
-        for step, result in recon.fit_steps(rgb, keypoints, mask, steps=steps, seed=int(seed), progress=False):
-            progress((step, steps), desc="fitting the photo's latent code")
-            if result is None:
-                yield f"fitting: step {step} of {steps}", *[gr.skip()] * 6
-        progress(0.99, desc="rendering and meshing")
-        paths = export_all(result, _session_dir(self.config), mesh_resolution=mesh_resolution, max_size=max_size)
-        state = {
-            "latent": result.latent.cpu().numpy().tolist(),
-            "c2w": result.camera_to_world.tolist(),
-            "focal": result.focal_length,
-            "size": list(result.image_size),
-            "max_size": max_size,
-        }
-        yield "done", *show_results(paths)[1:], {name: str(p) for name, p in paths.items()}, state
+        yaw, pitch = placement.yaw_pitch_deg
+        return shown, f"head pose: yaw {yaw:+.0f}°, pitch {pitch:+.0f}° (keypoint fit {placement.residual_px:.1f} px)"
 
     def render_angle(self, state: dict | None, yaw: float, pitch: float):
-        import gradio as gr
-        import torch
-
-        from onelook.cameras.geometry import turn_about_origin
-
         recon = self._require_model()
         if not state:
-            raise gr.Error("Reconstruct a photo first.")
+            raise JobError("Reconstruct a photo first.")
         c2w = turn_about_origin(np.array(state["c2w"]), yaw, pitch)
         scale = min(1.0, state["max_size"] / max(state["size"]))
         size = tuple(max(1, round(s * scale)) for s in state["size"])
         latent = torch.tensor(state["latent"], dtype=torch.float32)
         return recon.render(latent, c2w, state["focal"] * scale, size)["rgb"]
-
-    def interpolate(self, path_a, path_b, quality, progress):
-        import torch
-
-        from onelook.export.images import write_video
-
-        recon = self._require_model()
-        steps = LOLNERF_QUALITY[quality][0]
-        latents = []
-        for i, path in enumerate((path_a, path_b)):
-            progress(0.4 * i, desc=f"fitting photo {i + 1}")
-            rgb = _load_upload(path).rgb
-            keypoints, mask = self.landmarks(path, rgb)
-            latents.append(recon.fit(rgb, landmarks=keypoints, mask=mask, steps=steps, progress=False).latent)
-        progress(0.8, desc="rendering")
-        c2w, focal = recon.orbit_camera(0.0, 0.0)
-        size = int(recon.model.crop_settings[2])
-        frames = [
-            recon.render(torch.lerp(latents[0], latents[1], t), c2w, focal, size)["rgb"] for t in np.linspace(0, 1, 12)
-        ]
-        return str(write_video(frames + frames[::-1], _session_dir(self.config) / "interpolation.mp4", fps=8))
 
 
 # --- the page --------------------------------------------------------------------------------------------
@@ -285,8 +209,6 @@ class FaceTab:
 
 def _result_panel():
     """The results both tabs show: 3D viewer, turntable, depth, normals, downloads."""
-    import gradio as gr
-
     with gr.Row():
         model = gr.Model3D(label="3D model (drag to orbit)", clear_color=(1, 1, 1, 1), height=360)
         video = gr.Video(label="Turntable", autoplay=True, height=360)
@@ -297,11 +219,33 @@ def _result_panel():
     return model, video, depth, normals, files
 
 
-def build_demo(config: AppConfig):
-    import gradio as gr
-
+def build_demo(config: AppConfig) -> gr.Blocks:
     faces = FaceTab(config)
+    jobs = Jobs(config)
     examples = sorted(EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
+    skip_results = [gr.skip()] * 5  # status updates leave the result components as they are
+
+    # Reconstructions: async generators, so that Stop cancels them at once (the worker is killed, not waited on).
+    async def run_object(path, fraction, quality, seed, progress=gr.Progress()):
+        async for message in jobs.run("reconstruct_object", (path, fraction, quality, int(seed)), progress):
+            if isinstance(message, JobResult):
+                yield "done", *show_results(message.value), message.value
+            else:
+                yield message, *skip_results
+
+    async def run_face(path, quality, seed, progress=gr.Progress()):
+        async for message in jobs.run("reconstruct_face", (path, quality, int(seed)), progress):
+            if isinstance(message, JobResult):
+                paths = message.value["paths"]
+                yield "done", *show_results(paths), paths, message.value["state"]
+            else:
+                yield message, *skip_results, gr.skip()
+
+    async def run_blend(path_a, path_b, quality, progress=gr.Progress()):
+        async for message in jobs.run("interpolate_faces", (path_a, path_b, quality), progress):
+            if isinstance(message, JobResult):
+                yield message.value
+
     with gr.Blocks(title="onelook: single images to 3D", delete_cache=(600, SESSION_TTL_S)) as demo:
         gr.Markdown("# onelook\nOne photo in, a 3D object out: orbit it, and download it as GLB, OBJ or PLY.")
         with gr.Tab("Any object"):
@@ -327,10 +271,6 @@ def build_demo(config: AppConfig):
             obj_model, obj_video, obj_depth, obj_normals, obj_files = _result_panel()
             for trigger in (obj_image.upload, obj_fraction.release):
                 trigger(object_preview, [obj_image, obj_fraction], [obj_preview, obj_status], api_name=False)
-
-            def run_object(path, fraction, quality, seed, progress=gr.Progress()):
-                yield from object_reconstruct(config, path, fraction, quality, seed, progress)
-
             obj_paths = gr.State()
             event = obj_go.click(
                 run_object,
@@ -339,6 +279,7 @@ def build_demo(config: AppConfig):
                 api_name="reconstruct_object",
                 concurrency_id="heavy",
             )
+            # The 3D viewer stays blank when a generator fills it: a plain follow-up event does.
             event.success(lambda paths: paths["mesh_glb"], [obj_paths], [obj_model], api_name=False)
             obj_stop.click(None, cancels=[event])
 
@@ -368,11 +309,9 @@ def build_demo(config: AppConfig):
                 yaw = gr.Slider(-60, 60, 0, step=1, label="Yaw")
                 pitch = gr.Slider(-30, 30, 0, step=1, label="Pitch")
                 angle_view = gr.Image(label="Seen from there", interactive=False)
-            face_image.upload(faces.preview, [face_image], [face_preview, face_status], api_name="face_preview")
-
-            def run_face(path, quality, seed, progress=gr.Progress()):
-                yield from faces.reconstruct(path, quality, seed, progress)
-
+            face_image.upload(
+                _shown_errors(faces.preview), [face_image], [face_preview, face_status], api_name="face_preview"
+            )
             face_paths = gr.State()
             face_event = face_go.click(
                 run_face,
@@ -383,22 +322,19 @@ def build_demo(config: AppConfig):
             )
             face_event.success(lambda paths: paths["mesh_glb"], [face_paths], [face_model], api_name=False)
             for slider in (yaw, pitch):
-                slider.release(faces.render_angle, [face_state, yaw, pitch], [angle_view], api_name=False)
+                slider.release(
+                    _shown_errors(faces.render_angle), [face_state, yaw, pitch], [angle_view], api_name=False
+                )
             gr.Markdown("### Between two faces")
             with gr.Row():
                 face_a = gr.File(label="Photo A", file_types=["image"], type="filepath")
                 face_b = gr.File(label="Photo B", file_types=["image"], type="filepath")
                 blend = gr.Video(label="Interpolation", autoplay=True)
-            blend_go = gr.Button("Interpolate")
-
-            def run_blend(path_a, path_b, quality, progress=gr.Progress()):
-                return faces.interpolate(path_a, path_b, quality, progress)
-
-            blend_go.click(
+            blend_event = gr.Button("Interpolate").click(
                 run_blend, [face_a, face_b, face_quality], [blend], api_name="interpolate_faces", concurrency_id="heavy"
             )
-            gr.Button("Stop").click(None, cancels=[face_event])
-    # Reconstructions share one slot ("heavy"): one runs at a time, the others wait in the queue.
+            gr.Button("Stop").click(None, cancels=[face_event, blend_event])
+    # Reconstructions share one slot ("heavy"), as they share one worker: one runs, the others wait in the queue.
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

@@ -91,8 +91,6 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    import torch
-
     from onelook.export.images import save_png, write_video
     from onelook.lolnerf import Reconstructor
 
@@ -100,13 +98,9 @@ def _interpolate(args: argparse.Namespace) -> int:
     first = recon.fit(**_photo_inputs(args.photo_a, args.landmarks, None), steps=args.steps)
     second = recon.fit(**_photo_inputs(args.photo_b, args.landmarks, None), steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    size = int(recon.model.crop_settings[2])
-    c2w, focal = recon.orbit_camera(0.0, 0.0)
-    frames = []
-    for i, t in enumerate(torch.linspace(0, 1, args.frames).tolist()):
-        latent = torch.lerp(first.latent, second.latent, t)
-        frames.append(recon.render(latent, c2w, focal, size)["rgb"])
-        save_png(frames[-1], args.out / f"interpolation_{i:02d}.png")
+    frames = recon.interpolate(first, second, args.frames)
+    for i, frame in enumerate(frames):
+        save_png(frame, args.out / f"interpolation_{i:02d}.png")
     print(write_video(frames, args.out / "interpolation.mp4"))
     return 0
 

@@ -80,3 +80,36 @@ def object_photo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("photo") / "cup.png"
     Image.fromarray(np.dstack([rgb, alpha])).save(path)
     return path
+
+
+def _flat_png(path: Path, width: int, height: int, value: int = 200) -> Path:
+    """A real, flat RGB PNG of any size, written row block by row block (never held in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(1)
+    block = (b"\0" + bytes([value]) * (3 * width)) * 100  # 100 rows, each with its filter byte
+    data = b"".join(compressor.compress(block) for _ in range(height // 100)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def huge_images(tmp_path_factory) -> dict[str, Path]:
+    """Uploads that are small on disk but large decoded: a flat 40000x40000 PNG (21 MB, 4.8 GB of pixels) and a
+    16-bit grayscale 12000x9000 PNG of a face."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("huge")
+    face = Image.fromarray(data.astronaut()).convert("L").resize((9000, 9000))
+    canvas = np.full((9000, 12000), 128 * 257, np.uint16)
+    canvas[:, 1500:10500] = np.asarray(face, dtype=np.uint16) * 257
+    deep = folder / "deep16.png"
+    Image.fromarray(canvas).save(deep, compress_level=1)
+    return {"flat": _flat_png(folder / "flat.png", 40000, 40000), "deep16": deep}

@@ -101,3 +101,71 @@ def test_tiny_image(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
     with pytest.raises(ImageError, match=r"too small \(8x8\)"):
         load_image(tmp_path / "tiny.png")
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims `width` x `height` (a few hundred bytes: the pixel data is a stub)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("empty.png", lambda p: p.write_bytes(b""), r"empty \(0 bytes\)"),
+        (
+            "drawing.svg",
+            lambda p: p.write_text('<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64"/>'),
+            "SVG",
+        ),
+        ("document.png", lambda p: p.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF"), "PDF"),
+        ("claims-huge.png", lambda p: _png_header_only(p, 100_000, 100_000), "too large"),
+        ("just-over.png", lambda p: _png_header_only(p, 12_000, 10_001), r"too large \(12000x10001"),
+        ("folder.png", lambda p: p.mkdir(), "a folder"),
+    ],
+)
+def test_more_bad_inputs_get_specific_errors(tmp_path, name, make, message):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(ImageError, match=message):
+        load_image(path)
+
+
+def test_animated_gif_uses_its_first_frame(tmp_path, astronaut):
+    frames = [Image.fromarray(np.roll(astronaut, 3 * i, axis=1)).resize((64, 64)) for i in range(200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=20)
+    loaded = load_image(tmp_path / "anim.gif")
+    assert loaded.rgb.shape == (64, 64, 3)
+    assert "first frame" in loaded.notes[0]
+
+
+def test_path_with_spaces_and_non_ascii(tmp_path, astronaut):
+    folder = tmp_path / "mes photos d'été"
+    folder.mkdir()
+    Image.fromarray(astronaut).save(folder / "portrait n°1 — 東京.png")
+    assert load_image(folder / "portrait n°1 — 東京.png").rgb.shape == (512, 512, 3)
+
+
+def test_large_images_are_reduced_to_the_size_asked_for(tmp_path, astronaut):
+    Image.fromarray(astronaut).resize((3000, 2000)).save(tmp_path / "big.png")
+    loaded = load_image(tmp_path / "big.png", max_side=700)
+    assert loaded.rgb.shape == (467, 700, 3) and loaded.original_size == (3000, 2000)
+    small = np.asarray(Image.fromarray(astronaut).resize((700, 467), Image.Resampling.LANCZOS), dtype=float)
+    assert np.abs(loaded.rgb - small).mean() < 6  # a faithful downscale, not nearest-neighbour
+
+
+def test_exif_rotation_of_a_reduced_image(tmp_path, astronaut):
+    img = Image.fromarray(astronaut[:, :400]).resize((1600, 2048))  # 2048 high, 1600 wide
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    loaded = load_image(tmp_path / "phone.jpg", max_side=512)
+    assert loaded.rgb.shape == (400, 512, 3) and loaded.original_size == (2048, 1600)

@@ -135,3 +135,46 @@ def test_landmarks_file_errors_are_per_image(synth_dir, tmp_path):
 def test_cli_reports_missing_folder(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "images folder not found" in capsys.readouterr().err
+
+
+MEASURE_PEAK = """
+import resource, sys
+from onelook.cli import main
+code = main(sys.argv[1:])
+peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print("PEAK_MB", peak_kb / 1024, "EXIT", code)
+"""
+
+
+@pytest.mark.slow
+def test_huge_uploads_are_refused_or_reduced_in_little_memory(huge_images, tmp_path):
+    """`onelook prepare` on a flat 40000x40000 PNG (refused from its header) and a 16-bit 12000x9000 face
+    (reduced, then prepared): the process's peak memory, measured by the kernel, stays under 2 GB."""
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in huge_images.values():
+        shutil.copy(path, photos / path.name)
+    face = data.astronaut()
+    Image.fromarray(face).save(photos / "astronaut.png")
+    Image.fromarray(face[:, ::-1]).save(photos / "mirrored.png")
+    out = tmp_path / "dataset"
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAK, "prepare", str(photos), "--out", str(out), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "EXIT 0" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    peak_mb = float(result.stdout.split("PEAK_MB")[1].split()[0])
+    print(f"peak memory of onelook prepare: {peak_mb:.0f} MB")
+    assert peak_mb < 2048
+    transforms = json.loads((out / "transforms.json").read_text())
+    reasons = {e["source"]: e["reason"] for e in transforms["excluded"]}
+    assert "too large (1600 M pixels)" in reasons["flat.png"]
+    frames = {f["source"]: f for f in transforms["frames"]}
+    assert "deep16.png" in frames
+    notes = json.loads((out / "records" / "deep16.json").read_text())["notes"]
+    assert any("16-bit" in n for n in notes) and any("downscaled from 12000x9000" in n for n in notes)

@@ -38,6 +38,15 @@ def orbit_positions(yaw_deg: np.ndarray, pitch_deg: np.ndarray, distance: np.nda
     )
 
 
+def viewing_angles(camera_to_world: np.ndarray) -> tuple[float, float]:
+    """(yaw, pitch) in degrees of the direction a camera looks from, in `orbit_positions`' terms: (0, 0) is the
+    front view from -Y; the inverse of `look_at(orbit_positions(yaw, pitch, d))` for a camera aimed at the origin."""
+    forward = -np.asarray(camera_to_world)[:3, 2]  # the direction the camera looks in
+    yaw = np.degrees(np.arctan2(-forward[0], forward[1]))
+    pitch = np.degrees(np.arcsin(np.clip(-forward[2], -1.0, 1.0)))
+    return float(yaw), float(pitch)
+
+
 def turn_about_origin(camera_to_world: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
     """A camera moved around the world origin: up by `pitch` (about its own right axis), then by `yaw`
     about +Z (positive: counter-clockwise seen from above)."""

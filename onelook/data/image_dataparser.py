@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from PIL import Image
 
 from onelook.cameras.geometry import look_at, orbit_positions
 
+if TYPE_CHECKING:
+    from onelook.data.object_image import ObjectImage
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -28,6 +32,17 @@ def reference_camera(distance: float, elevation: float, fov: float, size: int) -
     """Camera-to-world (4, 4) and focal length (pixels) of the input photo's camera."""
     focal = 0.5 * size / np.tan(np.radians(fov) / 2)
     return look_at(orbit_positions(0.0, elevation, distance)[None])[0], float(focal)
+
+
+PREPARED_IMAGE, PREPARED_MASK = "image.png", "mask.png"
+
+
+def write_prepared_object(prepared: ObjectImage, folder: Path) -> Path:
+    """Writes a prepared photo where the dataparser reads it (nerfstudio datasets read files); returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(prepared.rgb).save(folder / PREPARED_IMAGE)
+    Image.fromarray(prepared.mask.astype(np.uint8) * 255).save(folder / PREPARED_MASK)
+    return folder
 
 
 @dataclass
@@ -47,6 +62,8 @@ class ObjectImageDataParserConfig(DataParserConfig):
     reference_fov: float = 55.0
     cache_dir: Path | None = None
     """Where the prepared crop and mask are written (default: a folder in the system's temporary folder)."""
+    prepared: bool = False
+    """`data` is a folder that `write_prepared_object` wrote (image.png, mask.png at image_size): used as is."""
 
 
 @dataclass
@@ -56,16 +73,19 @@ class ObjectImageDataParser(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         from onelook.data.object_image import prepare_object_image
 
-        photo, mask = self._find_inputs()
         cfg = self.config
-        digest = hashlib.sha1(f"{photo.resolve()}:{photo.stat().st_mtime}:{cfg}".encode()).hexdigest()[:12]
-        cache = (cfg.cache_dir or Path(tempfile.gettempdir()) / "onelook-images") / f"{photo.stem}-{digest}"
-        image_path, mask_path = cache / "image.png", cache / "mask.png"
-        if not (image_path.is_file() and mask_path.is_file()):
-            prepared = prepare_object_image(photo, mask, cfg.image_size, cfg.object_fraction)
-            cache.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(prepared.rgb).save(image_path)
-            Image.fromarray(prepared.mask.astype(np.uint8) * 255).save(mask_path)
+        if cfg.prepared:
+            photo = cache = Path(cfg.data)
+        else:
+            photo, mask = self._find_inputs()
+            digest = hashlib.sha1(f"{photo.resolve()}:{photo.stat().st_mtime}:{cfg}".encode()).hexdigest()[:12]
+            cache = (cfg.cache_dir or Path(tempfile.gettempdir()) / "onelook-images") / f"{photo.stem}-{digest}"
+            if not ((cache / PREPARED_IMAGE).is_file() and (cache / PREPARED_MASK).is_file()):
+                write_prepared_object(prepare_object_image(photo, mask, cfg.image_size, cfg.object_fraction), cache)
+        image_path, mask_path = cache / PREPARED_IMAGE, cache / PREPARED_MASK
+        size = Image.open(image_path).size
+        if size != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"{image_path} is {size[0]}x{size[1]}, not the {cfg.image_size} px square image_size")
         c2w, focal = reference_camera(
             cfg.reference_distance, cfg.reference_elevation, cfg.reference_fov, cfg.image_size
         )

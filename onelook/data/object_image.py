@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from onelook.data.crop import crop_square
-from onelook.data.images import ImageError, load_image
+from onelook.data.images import ImageError, LoadedImage, load_image
 
 MIN_FOREGROUND, MAX_FOREGROUND = 0.01, 0.95  # fractions of the image a plausible object mask covers
 
@@ -33,16 +33,17 @@ class ObjectImage:
 
 
 def prepare_object_image(
-    image: str | Path | np.ndarray,
+    image: str | Path | np.ndarray | LoadedImage,
     mask: str | Path | np.ndarray | None = None,
     size: int = 128,
     object_fraction: float = 0.75,
 ) -> ObjectImage:
-    """Loads, segments and centres one object photo; raises ImageError with the reason when it cannot."""
+    """Loads (unless given a `LoadedImage`), segments and centres one object photo; raises ImageError with the
+    reason when it cannot."""
     if isinstance(image, np.ndarray):
         rgb, alpha, notes = _validated_array(image)
     else:
-        loaded = load_image(image)
+        loaded = image if isinstance(image, LoadedImage) else load_image(image)
         rgb, alpha, notes = loaded.rgb, loaded.alpha, list(loaded.notes)
     if float(rgb.astype(np.float32).std(axis=(0, 1)).max()) < 2.0:
         raise ImageError("the image is a single flat colour: there is no object to reconstruct")

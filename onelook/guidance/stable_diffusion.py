@@ -17,6 +17,9 @@ from torch import Tensor
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+_SHARED: dict[tuple, StableDiffusionPrior] = {}  # StableDiffusionPrior.shared's priors, by their settings
+
+
 class PriorUnavailableError(RuntimeError):
     """The diffusion model's weights cannot be loaded (offline without them, or a wrong folder)."""
 
@@ -110,6 +113,22 @@ class StableDiffusionPrior:
         if vae_tiling:
             vae.enable_tiling()
         return cls(vae.to(device), unet.to(device), text_encoder.to(device), tokenizer, scheduler, source)
+
+    @classmethod
+    def shared(
+        cls,
+        model: str | Path = DEFAULT_SD_MODEL,
+        device: str | torch.device = "cpu",
+        half_precision: bool | None = None,
+        attention_slicing: bool = True,
+        vae_tiling: bool = False,
+    ) -> StableDiffusionPrior:
+        """`load`, once per process and setting: the demo app's worker keeps the prior between requests. Safe to
+        share: users only add tokens (`add_token` re-initialises a token that is already there)."""
+        key = (str(model), str(torch.device(device)), half_precision, attention_slicing, vae_tiling)
+        if key not in _SHARED:
+            _SHARED[key] = cls.load(model, device, half_precision, attention_slicing, vae_tiling)
+        return _SHARED[key]
 
     # --- learned tokens -------------------------------------------------------------------------------------
 

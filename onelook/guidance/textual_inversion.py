@@ -9,6 +9,8 @@ pixels to [-1, 1]; here every image is scaled.
 from __future__ import annotations
 
 import random
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +106,12 @@ def denoising_loss(prior: StableDiffusionPrior, images: torch.Tensor, prompts: l
     return F.mse_loss(prior.predict_noise(noisy, t, prior.encode_prompts(prompts)).float(), noise)
 
 
-def invert(
+def invert(prior: StableDiffusionPrior, image: np.ndarray, steps: int = 3000, **options) -> LearnedToken:
+    """Learns a token for the object in `image`; see `invert_steps` for the options."""
+    return deque(invert_steps(prior, image, steps, **options), maxlen=1)[0][1]  # the last item holds the token
+
+
+def invert_steps(
     prior: StableDiffusionPrior,
     image: np.ndarray,
     steps: int = 3000,
@@ -114,8 +121,9 @@ def invert(
     batch_size: int = 1,
     seed: int = 0,
     progress: bool = True,
-) -> LearnedToken:
-    """Learns `token` for the object in `image` ((H, W, 3) uint8, the object on a plain background)."""
+) -> Iterator[tuple[int, LearnedToken | None]]:
+    """Learns `token` for the object in `image` ((H, W, 3) uint8, the object on a plain background), yielding
+    (step, None) after each step, then (steps, the LearnedToken); stopping the iteration stops the work."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -129,7 +137,7 @@ def invert(
     augment = augmentations(prior.image_size)
     source = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1) / 255.0
     try:
-        for _ in trange(steps, desc="textual inversion", disable=not progress):
+        for step in trange(steps, desc="textual inversion", disable=not progress):
             images = torch.stack([augment(source) for _ in range(batch_size)]).to(prior.device)
             prompts = [rng.choice(TEMPLATES).format(token) for _ in range(batch_size)]
             loss = denoising_loss(prior, images, prompts, generator)
@@ -138,6 +146,7 @@ def invert(
             optimizer.step()
             with torch.no_grad():
                 table[keep] = original[keep]  # only the new word changes
+            yield step, None
     finally:
         table.requires_grad_(False)
-    return LearnedToken(token, table[token_id].detach().clone(), prior.source)
+    yield steps, LearnedToken(token, table[token_id].detach().clone(), prior.source)

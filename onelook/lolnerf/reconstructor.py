@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import trimesh
 from tqdm import trange
 
-from onelook.cameras.geometry import look_at, orbit_positions, turn_about_origin
+from onelook.cameras.geometry import look_at, orbit_positions, turn_about_origin, viewing_angles
 from onelook.cameras.pose import estimate_pose
 from onelook.data.crop import crop_square, keypoint_crop_box
 from onelook.data.images import load_image
@@ -106,7 +106,6 @@ class Reconstructor:
            when a mask is given or detected).
         """
         rgb = load_image(image).rgb if isinstance(image, (str, Path)) else _as_rgb(image)
-        height, width = rgb.shape[:2]
         if landmarks is None:
             from onelook.landmarks.mediapipe_face import FaceLandmarker
 
@@ -117,20 +116,16 @@ class Reconstructor:
                 detector.close()
             landmarks = detection.keypoints
             mask = detection.mask if mask is None else mask
-        landmarks = np.asarray(landmarks, dtype=np.float64)
-        canonical = self.model.canonical_keypoints.cpu().numpy()
-        if landmarks.shape != canonical.shape[:1] + (2,):
-            raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
-
-        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
+        placement = self.locate(landmarks, rgb.shape[:2])
+        height, width = rgb.shape[:2]
+        x0, y0, side = placement.crop_box
+        _, crop_focal, crop_size = self.model.crop_settings.tolist()
         crop_size = int(crop_size)
-        x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
         scale = crop_size / side
-        c2w_world, _ = estimate_pose(canonical, landmarks, crop_focal / scale, (height, width))
 
         # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
         principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
-        cameras = pinhole_cameras(c2w_world, crop_focal, crop_size, principal_point, self.device)
+        cameras = pinhole_cameras(placement.camera_to_world, crop_focal, crop_size, principal_point, self.device)
         rays = cameras.generate_rays(camera_indices=0, keep_shape=False)
         target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
         target = target.reshape(-1, 3).to(self.device)
@@ -161,9 +156,28 @@ class Reconstructor:
             optimizer.step()
             losses.append(loss.item())
             yield step, None
-        c2w = c2w_world.copy()
-        c2w[:3, 3] -= self.origin
-        yield steps, Reconstruction(self, latent.detach(), c2w, crop_focal / scale, (height, width), losses)
+        c2w = self.to_model_frame(placement.camera_to_world)
+        result = Reconstruction(self, latent.detach(), c2w, placement.focal_length, (height, width), losses)
+        yield steps, result
+
+    def locate(self, landmarks: np.ndarray, image_size: tuple[int, int]) -> PhotoPlacement:
+        """Where a photo of (H, W) `image_size` sits against the model, from its keypoints (K, 2) in pixels:
+        the crop training photos would have had, and the camera placing the canonical keypoints on them (with
+        the focal length the training crops had)."""
+        landmarks = np.asarray(landmarks, dtype=np.float64)
+        canonical = self.model.canonical_keypoints.cpu().numpy()
+        if landmarks.shape != canonical.shape[:1] + (2,):
+            raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
+        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
+        x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
+        focal = crop_focal * side / crop_size
+        c2w, residual = estimate_pose(canonical, landmarks, focal, image_size)
+        return PhotoPlacement(c2w, focal, (x0, y0, side), residual, viewing_angles(self.to_model_frame(c2w)))
+
+    def to_model_frame(self, camera_to_world: np.ndarray) -> np.ndarray:
+        c2w = np.array(camera_to_world, dtype=np.float64)
+        c2w[..., :3, 3] -= self.origin
+        return c2w
 
     def reconstruction(self, latent: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0) -> Reconstruction:
         """A latent (sampled, interpolated, ...) seen from a training-like camera at `yaw`/`pitch` degrees."""
@@ -186,11 +200,29 @@ class Reconstructor:
         extent = float((keypoints.max(axis=0) - keypoints.min(axis=0))[[0, 2]].max())  # as seen from the front
         return crop_focal * extent * crop_scale / crop_size
 
+    def interpolate(self, first: Reconstruction, second: Reconstruction, frames: int = 12) -> list[np.ndarray]:
+        """Views (front, training-like camera, crop size) of latents blended from `first`'s to `second`'s."""
+        size = int(self.model.crop_settings[2])
+        c2w, focal = self.orbit_camera(0.0, 0.0)
+        blends = [torch.lerp(first.latent, second.latent, t) for t in np.linspace(0.0, 1.0, frames)]
+        return [self.render(latent, c2w, focal, size)["rgb"] for latent in blends]
+
     def sample(self, num: int, truncation: float = 0.7, seed: int = 0) -> list[Reconstruction]:
         """New identities from the latent distribution, pulled towards the mean by `truncation`."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
         latents = self.model.latents.sample(num, truncation, generator)
         return [self.reconstruction(z) for z in latents]
+
+
+@dataclass
+class PhotoPlacement:
+    """A photo against a LOLNeRF model (`Reconstructor.locate`)."""
+
+    camera_to_world: np.ndarray  # (4, 4) the photo's camera, training world frame, OpenGL convention
+    focal_length: float  # pixels of the photo
+    crop_box: tuple[float, float, float]  # (x0, y0, side) in the photo's pixels: how training photos were cropped
+    residual_px: float  # mean keypoint reprojection error
+    yaw_pitch_deg: tuple[float, float]  # where the camera looks from (`viewing_angles`, model frame)
 
 
 @dataclass

@@ -167,24 +167,35 @@ class RealFusionModel(Model):
 
     # --- the prior ----------------------------------------------------------------------------------------
 
+    def diffusion_model(self):
+        """The Stable Diffusion prior, loaded once per process (shared by every model that asks for it)."""
+        from onelook.guidance.stable_diffusion import StableDiffusionPrior
+
+        cfg = self.config
+        return StableDiffusionPrior.shared(
+            cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling
+        )
+
+    def reference_on_white(self) -> np.ndarray:
+        """The reference photo's object on a white background (what textual inversion learns from)."""
+        metadata = self.kwargs["metadata"]
+        image = np.asarray(Image.open(metadata["image_path"]).convert("RGB"))
+        mask = np.asarray(Image.open(metadata["mask_path"]).convert("L")) > 127
+        return np.where(mask[..., None], image, 255).astype(np.uint8)
+
     def prior(self):
-        """The diffusion prior and the prompts' embeddings, loaded once (on this model's device)."""
+        """The diffusion prior and the prompts' embeddings, loaded once (on this model's device); the learned
+        token from `embedding`, else from textual inversion (saved beside the prepared photo)."""
         if self._prior is None:
-            from onelook.guidance.stable_diffusion import StableDiffusionPrior
             from onelook.guidance.textual_inversion import LearnedToken, invert
 
             cfg = self.config
-            prior = StableDiffusionPrior.load(
-                cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling
-            )
+            prior = self.diffusion_model()
             if cfg.embedding is not None:
                 learned = LearnedToken.load(cfg.embedding)
             else:
-                metadata = self.kwargs["metadata"]
-                image = np.asarray(Image.open(metadata["image_path"]).convert("RGB"))
-                mask = np.asarray(Image.open(metadata["mask_path"]).convert("L")) > 127
-                learned = invert(prior, np.where(mask[..., None], image, 255).astype(np.uint8), cfg.inversion_steps)
-                learned.save(Path(metadata["image_path"]).parent / "embedding.safetensors")
+                learned = invert(prior, self.reference_on_white(), cfg.inversion_steps)
+                learned.save(Path(self.kwargs["metadata"]["image_path"]).parent / "embedding.safetensors")
             prior.add_token(learned.token, learned.embedding)
             base = cfg.prompt.format(token=learned.token)
             with torch.no_grad():

@@ -12,6 +12,9 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 
+from onelook.data.image_dataparser import write_prepared_object
+from onelook.data.object_image import ObjectImage
+from onelook.guidance.textual_inversion import invert_steps
 from onelook.realfusion.result import RealFusionResult
 
 
@@ -47,7 +50,7 @@ class Progress:
 
 
 def train_realfusion(
-    image: Path,
+    image: Path | ObjectImage,
     out: Path,
     quality: Quality,
     sd_model: str,
@@ -57,7 +60,8 @@ def train_realfusion(
     device: str | None = None,
     report_every: int = 1,
 ) -> Iterator[Progress]:
-    """Trains on one photo; yields progress every `report_every` steps and, last, the result.
+    """Trains on one photo (a file, or an `ObjectImage` already prepared at `quality.image_size`); yields
+    progress at every textual-inversion step and every `report_every` training steps and, last, the result.
 
     Stopping the iteration stops the work. `out` receives the prepared crop, mask and learned embedding.
     """
@@ -68,7 +72,10 @@ def train_realfusion(
     config = copy.deepcopy(realfusion_method.config)
     config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
     datamanager = config.pipeline.datamanager
-    datamanager.data = Path(image)
+    if isinstance(image, ObjectImage):
+        datamanager.data, datamanager.dataparser.prepared = write_prepared_object(image, Path(out) / "object"), True
+    else:
+        datamanager.data = Path(image)
     datamanager.dataparser.image_size = quality.image_size
     datamanager.dataparser.object_fraction = object_fraction
     datamanager.dataparser.cache_dir = Path(out)
@@ -85,7 +92,19 @@ def train_realfusion(
 
     yield Progress("preparing", 0, quality.iterations)
     pipeline = config.pipeline.setup(device=device, test_mode="val")
-    yield Progress("loading the diffusion model and learning the object's word", 0, quality.iterations)
+    yield Progress("loading the diffusion model", 0, quality.iterations)
+    if embedding is None:  # textual inversion here, step by step, so that it reports progress
+        for step, learned in invert_steps(
+            pipeline.model.diffusion_model(),
+            pipeline.model.reference_on_white(),
+            quality.inversion_steps,
+            seed=seed,
+            progress=False,
+        ):
+            if learned is None:
+                yield Progress("learning the object's word (textual inversion)", step, quality.inversion_steps)
+            else:
+                pipeline.model.config.embedding = learned.save(Path(out) / "embedding.safetensors")
     pipeline.model.prior()
     optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
     callbacks = pipeline.get_training_callbacks(
