@@ -60,19 +60,18 @@ def _example(args: argparse.Namespace) -> int:
 
 
 def _photo_inputs(photo: Path, landmarks: Path | None, mask: Path | None) -> dict:
-    """fit() keyword arguments for one photo: its keypoints from a landmarks file, its mask from a PNG."""
-    import json
-
-    import numpy as np
-
+    """fit() keyword arguments for one photo: its keypoints from a landmarks file (checked as `onelook prepare`
+    checks them), its mask from an image file."""
     from onelook.data.images import load_image
+    from onelook.data.prepare import read_landmarks
+    from onelook.data.preprocess import parse_keypoints
 
     inputs: dict = {"image": photo}
     if landmarks is not None:
-        table = json.loads(Path(landmarks).read_text())
+        table = read_landmarks(landmarks)
         if photo.name not in table:
             raise ValueError(f"{landmarks} has no entry for {photo.name}")
-        inputs["landmarks"] = np.array([[np.nan, np.nan] if p is None else p for p in table[photo.name]], float)
+        inputs["landmarks"] = parse_keypoints(table[photo.name])
     if mask is not None:
         loaded = load_image(mask)
         inputs["mask"] = loaded.rgb.mean(axis=2) / 255.0 if loaded.alpha is None else loaded.alpha

@@ -143,7 +143,11 @@ def _numpy_data_types() -> list:
 def load_checkpoint(path: Path) -> dict:
     """torch.load with weights_only=True, allowing numpy's scalars and dtypes (plain data, no code)."""
     with torch.serialization.safe_globals(_numpy_data_types()):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError) as exc:  # a truncated or otherwise broken file (never code: see above)
+            reason = str(exc).splitlines()[0][:160] or "the file ends early"
+            raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from exc
 
 
 def find_run(run_dir: Path) -> tuple[Path, Path]:

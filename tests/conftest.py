@@ -113,3 +113,23 @@ def huge_images(tmp_path_factory) -> dict[str, Path]:
     deep = folder / "deep16.png"
     Image.fromarray(canvas).save(deep, compress_level=1)
     return {"flat": _flat_png(folder / "flat.png", 40000, 40000), "deep16": deep}
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims `width` x `height` (a few hundred bytes: the pixel data is a stub)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def png_header_only():
+    """Writes a PNG whose header claims any size (a decompression-bomb shape)."""
+    return _png_header_only

@@ -61,7 +61,7 @@ def test_resume_skips_finished_images(synth_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys):
+def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys, png_header_only):
     """Every kind of bad input in one folder: each is handled or reported, none stops the run."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -82,6 +82,13 @@ def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(photos / "tiny.png")
     (photos / "notes.txt").write_text("not an image")
     (photos / "broken.jpg").write_bytes((photos / "astronaut.png").read_bytes()[:5000])
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>')
+    (photos / "report.png").write_bytes(b"%PDF-1.7\n%%EOF")  # a PDF renamed .png
+    png_header_only(photos / "claims-huge.png", 100_000, 100_000)
+    frames = [Image.fromarray(np.roll(face, 2 * i, axis=1)).resize((256, 256)) for i in range(200)]
+    frames[0].save(photos / "anim.gif", save_all=True, append_images=frames[1:], duration=20)
+    Image.fromarray(face).save(photos / "portrait n°1 — été 東京.png")
 
     out = tmp_path / "dataset"
     assert main(["prepare", str(photos), "--out", str(out), "--workers", "2"]) == 0
@@ -92,6 +99,10 @@ def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys):
     assert "too small" in reasons["tiny.png"]
     assert "not an image" in reasons["notes.txt"]
     assert "corrupt" in reasons["broken.jpg"]
+    assert "empty (0 bytes)" in reasons["empty.png"]
+    assert "SVG" in reasons["drawing.svg"]
+    assert "PDF" in reasons["report.png"]
+    assert "too large" in reasons["claims-huge.png"]
     prepared = {f["source"] for f in transforms["frames"]}
     assert {
         "astronaut.png",
@@ -102,18 +113,20 @@ def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys):
         "deep16.png",
         "phone.jpg",
         "big.jpg",
+        "anim.gif",
+        "portrait n°1 — été 東京.png",
     } <= prepared
-    assert "cat.jpg: no face found" in printed and "8 of 12 images in the dataset" in printed
+    assert "cat.jpg: no face found" in printed and "10 of 18 images in the dataset" in printed
     # The upright and the EXIF-rotated copy of one photo give the same crop (the rotation was applied).
     a = np.asarray(Image.open(out / "images" / "astronaut.png"), dtype=float)
     b = np.asarray(Image.open(out / "images" / "phone.png"), dtype=float)
     assert np.abs(a - b).mean() < 8
     # A re-run reuses everything and still reports the bad files.
     assert main(["prepare", str(photos), "--out", str(out), "--workers", "1"]) == 0
-    assert "8 reused from an earlier run" in capsys.readouterr().out
+    assert "10 reused from an earlier run" in capsys.readouterr().out
     # The dataset loads.
     parser = OnelookDataParserConfig(data=out).setup()
-    assert len(parser.get_dataparser_outputs("train").image_filenames) == 8
+    assert len(parser.get_dataparser_outputs("train").image_filenames) == 10
 
 
 def test_landmarks_file_errors_are_per_image(synth_dir, tmp_path):
@@ -122,14 +135,22 @@ def test_landmarks_file_errors_are_per_image(synth_dir, tmp_path):
     landmarks = json.loads((synth_dir / "landmarks.json").read_text())
     landmarks.pop("00001.png")
     landmarks["00002.png"] = [[1, 2], [3, 4]]
-    (tmp_path / "lm.json").write_text(json.dumps(landmarks))
+    landmarks["00003.png"] = [[float("nan"), float("nan")]] * 5
+    landmarks["00004.png"] = landmarks["00005.png"] + [[10.0, 10.0]]  # six keypoints where the others have five
+    landmarks["00006.png"] = [["left", "eye"]] * 5
+    landmarks["no-such-image.png"] = landmarks["00007.png"]
+    (tmp_path / "lm.json").write_text(json.dumps(landmarks))  # json writes NaN, and Python reads it back
     report = prepare_dataset(
         images, tmp_path / "out", landmarks=tmp_path / "lm.json", size=48, workers=1, progress=False
     )
     reasons = dict(report.errors)
     assert "no entry" in reasons["00001.png"]
     assert "at least 5 keypoints" in reasons["00002.png"]
-    assert len(report.prepared) + len(report.outliers) == 34
+    assert "fewer than 4 keypoints are present" in reasons["00003.png"]
+    assert "has 6 keypoints where most images have 5" in reasons["00004.png"]
+    assert "list of [x, y] pairs" in reasons["00006.png"]
+    assert len(report.prepared) + len(report.outliers) == 31  # nothing else in the batch was lost
+    assert report.unmatched_landmarks == ["no-such-image.png"] and "no-such-image.png" in str(report)
 
 
 def test_cli_reports_missing_folder(tmp_path, capsys):

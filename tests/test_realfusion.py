@@ -213,6 +213,15 @@ def test_missing_weights_fail_before_anything_is_written(object_photo, tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("content", [b"", b"\x80\x04K\x01.", b"not safetensors at all, a text file"])
+def test_an_embedding_that_is_not_safetensors_is_named(tmp_path, content):
+    from onelook.guidance.textual_inversion import LearnedToken
+
+    (tmp_path / "word.safetensors").write_bytes(content)  # the second one is a pickle: never unpickled
+    with pytest.raises(ValueError, match="word.safetensors is not a safetensors file"):
+        LearnedToken.load(tmp_path / "word.safetensors")
+
+
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(PriorUnavailableError, match="folder not found"):
         StableDiffusionPrior.load(tmp_path / "nope")

@@ -66,6 +66,20 @@ def test_a_run_folder_with_a_hostile_config_is_refused_by_every_loader(tmp_path,
     assert not list(tmp_path.glob("owned*"))
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_truncated_checkpoint_is_named(tmp_path, trained_run, keep):
+    import shutil
+
+    from onelook.lolnerf import Reconstructor
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    checkpoint = next((run / "nerfstudio_models").glob("step-*.ckpt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[: int(checkpoint.stat().st_size * keep)])
+    with pytest.raises(ValueError, match=f"{checkpoint.name} is not a readable checkpoint \\(truncated or corrupt"):
+        Reconstructor.from_run(run, device="cpu")
+
+
 def test_not_a_config(tmp_path):
     (tmp_path / "config.yml").write_text("just: a mapping\n")
     with pytest.raises(UnsafeRunConfigError, match="does not hold a trainer config"):

@@ -35,6 +35,7 @@ class PrepareReport:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     outliers: list[tuple[str, float]] = field(default_factory=list)  # (source, residual px)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    unmatched_landmarks: list[str] = field(default_factory=list)  # landmarks-file entries naming no image here
     fit: CameraFit | None = None
 
     def __str__(self) -> str:
@@ -52,6 +53,9 @@ class PrepareReport:
             lines.append(f"left out {source}: camera fit residual {residual:.1f} px")
         for source, note in self.notes[:20]:
             lines.append(f"note {source}: {note}")
+        if self.unmatched_landmarks:
+            names = ", ".join(self.unmatched_landmarks[:10])
+            lines.append(f"the landmarks file names {len(self.unmatched_landmarks)} images not in the folder: {names}")
         return "\n".join(lines)
 
 
@@ -79,7 +83,7 @@ def prepare_dataset(
     sources = sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     if not sources:
         raise ValueError(f"no files in {images_dir}")
-    given = _read_landmarks(landmarks) if landmarks is not None else None
+    given = read_landmarks(landmarks) if landmarks is not None else None
     if masks is not None and not Path(masks).is_dir():
         raise FileNotFoundError(f"masks folder not found: {masks}")
 
@@ -98,6 +102,8 @@ def prepare_dataset(
     options_path.write_text(json.dumps(options))
 
     report = PrepareReport(total=len(sources))
+    if given is not None:
+        report.unmatched_landmarks = sorted(set(given) - {p.name for p in sources})
     records: dict[str, ImageRecord] = {}
     jobs = []
     for source, name in zip(sources, _unique_names(sources), strict=True):
@@ -131,6 +137,7 @@ def prepare_dataset(
             bar.update()
     bar.close()
 
+    _reject_odd_keypoint_counts(records)
     ok = {name: r for name, r in records.items() if r.status == "ok"}
     report.errors = [(r.source, r.reason) for r in records.values() if r.status != "ok"]
     report.notes = [(r.source, note) for r in ok.values() for note in r.notes]
@@ -138,8 +145,6 @@ def prepare_dataset(
         raise ValueError(f"only {len(ok)} usable images; at least 3 are needed to fit cameras\n{report}")
     names = sorted(ok)
     keypoints = np.array([[[np.nan, np.nan] if p is None else p for p in ok[n].keypoints] for n in names])
-    if len({k.shape for k in keypoints}) != 1:
-        raise ValueError("images have different numbers of keypoints")
     report.fit = fit_cameras(keypoints, (size, size), focal_length=focal_length)
     _write_transforms(out, names, ok, report, {"size": size, "scale": crop_scale}, given is None)
     return report
@@ -190,7 +195,20 @@ def _write_transforms(
     tmp.replace(out / TRANSFORMS)
 
 
-def _read_landmarks(path: Path) -> dict[str, list]:
+def _reject_odd_keypoint_counts(records: dict[str, ImageRecord]) -> None:
+    """One camera fit needs the same keypoints in every image: images with another count than most are
+    reported, not fitted (their records stay as they are on disk, so a corrected landmarks file re-runs them)."""
+    counts = Counter(len(r.keypoints) for r in records.values() if r.status == "ok")
+    if len(counts) < 2:
+        return
+    usual = counts.most_common(1)[0][0]
+    for name, record in records.items():
+        if record.status == "ok" and len(record.keypoints) != usual:
+            reason = f"has {len(record.keypoints)} keypoints where most images have {usual}"
+            records[name] = ImageRecord(record.source, "error", reason)
+
+
+def read_landmarks(path: Path) -> dict[str, list]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

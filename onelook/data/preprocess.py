@@ -104,7 +104,7 @@ def _process(job: ImageJob) -> ImageRecord:
             notes.append(f"{num_faces} faces found; used the largest")
         mask = detection.mask
     else:
-        keypoints = _parse_keypoints(job.keypoints)
+        keypoints = parse_keypoints(job.keypoints)
         keypoints = keypoints * np.array([width, height]) / np.array(loaded.original_size)
     if job.mask is not None:
         mask = _load_mask(job.mask, (height, width))
@@ -137,7 +137,9 @@ def _process(job: ImageJob) -> ImageRecord:
     )
 
 
-def _parse_keypoints(raw: list) -> np.ndarray:
+def parse_keypoints(raw: list) -> np.ndarray:
+    """A landmarks-file entry, K [x, y] pairs (None: missing), as (K, 2) floats with NaN where missing; a
+    ValueError says what is wrong with it."""
     try:
         pts = np.array([[np.nan, np.nan] if p is None else [float(p[0]), float(p[1])] for p in raw])
     except (TypeError, ValueError, IndexError) as exc:

@@ -68,11 +68,14 @@ class LearnedToken:
 
     @classmethod
     def load(cls, path: Path) -> LearnedToken:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path))
+        except SafetensorError as exc:
+            raise ValueError(f"{path} is not a safetensors file ({exc}); give `onelook invert`'s output") from exc
         if "embedding" not in tensors or "token" not in metadata:
             raise ValueError(f"{path} is not an onelook token embedding (no 'embedding' tensor or 'token' metadata)")
         return cls(metadata["token"], tensors["embedding"], metadata.get("base_model", ""))
