@@ -96,3 +96,58 @@ def test_bad_focal_length_is_rejected():
     uv, _, _ = make_views(10)
     with pytest.raises(ValueError, match="focal_length"):
         fit_cameras(uv, SIZE, focal_length=-3.0)
+
+
+def _oracle_errors(views) -> np.ndarray:
+    """SQPnP per image with the category's mean keypoints and the true focal length."""
+    import cv2
+
+    size = views.image_size[0]
+    intrinsics = np.array([[views.focal_length, 0, size / 2], [0, views.focal_length, size / 2], [0, 0, 1.0]])
+    c2w = np.zeros((len(views.landmarks), 3, 4))
+    for i, points in enumerate(views.landmarks):
+        _, rvec, _ = cv2.solvePnP(views.mean_keypoints, points - 0.5, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
+        c2w[i, :, :3] = cv2.Rodrigues(rvec)[0].T @ np.diag([1.0, -1.0, -1.0])
+    return rotation_errors_deg(c2w, views.camera_to_world, views.mean_keypoints, views.mean_keypoints)
+
+
+@pytest.mark.parametrize("layout", ["car", "irregular", "face", "animal"])
+@pytest.mark.parametrize("focal_factor", [0.8, 1.33, 3.0])
+def test_shapes_that_vary_per_identity_at_any_focal_length(layout, focal_factor):
+    """Every identity's keypoints differ (5% of the object's size), the focal length is unknown: the 90th
+    percentile of the rotation errors stays within 1.5x of an oracle that knows the mean shape and the focal
+    length, and with a wide lens (where the focal length matters most; before it was the data's, the estimate
+    was about 1.9x the truth) the median within 1.2x too, except on the animal layout (1.3-1.4x: see the
+    README's camera table)."""
+    from onelook.data.keypoint_categories import LAYOUTS, make_views
+
+    views = make_views(LAYOUTS[layout], 250, variation=0.05, focal_factor=focal_factor, noise=0.01, seed=11)
+    fit = fit_cameras(views.landmarks, views.image_size)
+    errors = rotation_errors_deg(fit.camera_to_world, views.camera_to_world, fit.canonical_points, views.mean_keypoints)
+    reference = _oracle_errors(views)
+    assert np.percentile(errors, 90) <= 1.5 * np.percentile(reference, 90)
+    if focal_factor == 0.8 and layout != "animal":
+        assert np.median(errors) <= 1.2 * np.median(reference)
+
+
+@pytest.mark.parametrize("focal_factor", [0.8, 1.33, 3.0])
+def test_the_focal_length_is_the_datas_not_the_priors(focal_factor):
+    """Rigid keypoints, exact landmarks: the estimate is the true focal length, however far from the prior's
+    centre, and the fit says it is determined."""
+    from onelook.data.keypoint_categories import LAYOUTS, make_views
+
+    views = make_views(LAYOUTS["animal"], 120, variation=0.0, focal_factor=focal_factor, seed=5)
+    fit = fit_cameras(views.landmarks, views.image_size)
+    assert fit.focal_length[0] == pytest.approx(views.focal_length, rel=0.02)
+    assert fit.focal_determined and "focal length" in fit.summary()
+
+
+def test_an_undetermined_focal_length_is_reported():
+    """Far away and seen almost head-on, five points carry no perspective: the fit says so."""
+    from onelook.data.keypoint_categories import LAYOUTS, make_views
+
+    views = make_views(
+        LAYOUTS["face"], 60, variation=0.05, focal_factor=12.0, noise=0.01, yaw_range=(-5, 5), pitch_range=(-3, 3)
+    )
+    fit = fit_cameras(views.landmarks, views.image_size)
+    assert not fit.focal_determined and "give --focal-length" in fit.summary()

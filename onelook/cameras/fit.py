@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
@@ -19,10 +20,15 @@ from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 # Canonical keypoints are scaled so that their RMS distance from their centroid is this, in world units. With
 # the five face keypoints this puts a whole head inside the [-1, 1]^3 scene box.
 CANONICAL_RMS_RADIUS = 0.25
-# With `focal_length=None` one focal length shared by all images is estimated, pulled towards this multiple of
-# the larger image side (a 28 degree field of view) with a log-normal prior of this width.
+# With `focal_length=None` one focal length shared by all images is estimated. The data decide it: the search
+# starts from each of these multiples of the larger image side (fields of view from 106 to 10 degrees) and the
+# log-normal prior around DEFAULT_FOCAL_FACTOR only settles directions the landmarks leave flat (it weighs as
+# one landmark observation would, whatever the noise level).
 DEFAULT_FOCAL_FACTOR = 2.0
 FOCAL_PRIOR_LOG_SIGMA = 0.7
+FOCAL_SEARCH_FACTORS = (0.375, 0.6, 0.9, 1.35, 2.0, 3.0, 4.5, 6.0)
+# The focal length counts as undetermined by the landmarks when its log has a standard deviation above this.
+FOCAL_UNDETERMINED_LOG_STD = 0.15
 # Images whose mean reprojection error exceeds this multiple of the median image's are flagged as outliers.
 OUTLIER_FACTOR = 4.0
 # Width of the per-image Cauchy loss, in RMS reprojection errors of the median image; wider (nearly least
@@ -45,14 +51,25 @@ class CameraFit:
     residual_px: np.ndarray  # (N,) mean reprojection error over an image's weighted keypoints
     inlier: np.ndarray  # (N,) bool: False for images whose residual stayed high
     outlier_threshold_px: float
+    focal_log_std: float = 0.0  # uncertainty of an estimated focal length (std of its log); 0 when given
+
+    @property
+    def focal_determined(self) -> bool:
+        """False when the landmarks hardly constrain the estimated focal length (give it, e.g. from EXIF)."""
+        return self.focal_log_std <= FOCAL_UNDETERMINED_LOG_STD
 
     def summary(self) -> str:
         n_out = int((~self.inlier).sum())
         med = float(np.median(self.residual_px[self.inlier])) if self.inlier.any() else float("nan")
-        return (
+        text = (
             f"{len(self.inlier)} images, {n_out} flagged as outliers (residual > {self.outlier_threshold_px:.2f} px), "
             f"median residual of inliers {med:.2f} px"
         )
+        if self.focal_log_std > 0:
+            text += f"; focal length {np.median(self.focal_length):.1f} px (x/ {np.exp(self.focal_log_std):.2f})"
+            if not self.focal_determined:
+                text += ": the landmarks hardly determine it, give --focal-length if it is known"
+        return text
 
 
 def fit_cameras(
@@ -91,14 +108,20 @@ def fit_cameras(
     problem = _Problem(obs, w_user, f_init, estimate_focal=focal_length is None)
 
     shape = _factorise(obs, w_user)
+    focal_starts = [f_init]
+    if focal_length is None:
+        focal_starts = [torch.full_like(f_init, factor * side / scale) for factor in FOCAL_SEARCH_FACTORS]
     candidates = []
-    for mirrored in (False, True):
-        s = shape * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64) if mirrored else shape
-        state = problem.initial_state(s)
-        state = problem.refine(state, iterations=15)
-        candidates.append(state)
-    state = min(candidates, key=lambda s: s.cost)
-    state = problem.refine(state, iterations=iterations)
+    for focal_start in focal_starts:
+        for mirrored in (False, True):
+            s = shape * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64) if mirrored else shape
+            state = problem.initial_state(s, focal_start)
+            state = problem.refine(problem.global_poses(state), iterations=15, fixed_focal=True)
+            candidates.append(state)
+    # Candidates differ in their robust scale: compare them by the median image's error instead.
+    state = min(candidates, key=problem.median_image_error)
+    for _ in range(2):  # each round: every camera at its best pose for the shape so far, then all jointly
+        state = problem.refine(problem.global_poses(state), iterations=iterations)
 
     residual = problem.image_residuals(state) * scale
     threshold = outlier_threshold_px
@@ -109,14 +132,15 @@ def fit_cameras(
         # With gross outliers flagged, a wider loss is nearly least squares on the inliers, which estimates
         # each camera from its few keypoints more efficiently; flagged images no longer shape the keypoints.
         state = problem.refine(
-            state,
+            problem.global_poses(state),
             iterations=iterations // 2,
             shape_mask=torch.from_numpy(inlier),
             loss_width=FINAL_LOSS_WIDTH,
         )
         residual = problem.image_residuals(state) * scale
         inlier = residual <= threshold
-    return _to_world(state, inlier, residual, scale, threshold)
+    focal_log_std = problem.focal_log_std(state) if focal_length is None else 0.0
+    return _to_world(state, inlier, residual, scale, threshold, focal_log_std)
 
 
 def _validate(
@@ -221,8 +245,8 @@ class _Problem:
         self.log_focal_prior = focal.log()
         self.estimate_focal = estimate_focal
 
-    def initial_state(self, shape: torch.Tensor) -> _State:
-        """Cameras from a weighted affine fit of each image to the shape, then lifted to perspective."""
+    def initial_state(self, shape: torch.Tensor, focal: torch.Tensor) -> _State:
+        """Cameras from a weighted affine fit of each image to the shape, then lifted to perspective at `focal`."""
         n_images, n_points, _ = self.obs.shape
         homog = torch.cat([shape, torch.ones(n_points, 1, dtype=torch.float64)], dim=1)  # (K, 4)
         sw = self.w_user.sqrt()[..., None]
@@ -232,12 +256,42 @@ class _Problem:
         r12 = u @ vh
         rot = torch.cat([r12, torch.cross(r12[:, 0], r12[:, 1], dim=1)[:, None]], dim=1)
         scale = s.mean(dim=1)
-        focal = self.log_focal_prior.exp()
         tz = focal / scale
         txy = aff[:, 3] * tz[:, None] / focal[:, None]
-        state = _State(rot, torch.cat([txy, tz[:, None]], dim=1), shape.clone(), self.log_focal_prior.clone())
+        state = _State(rot, torch.cat([txy, tz[:, None]], dim=1), shape.clone(), focal.log())
         state.cost = self._cost(state, self._robust_scale(state))
         return state
+
+    def global_poses(self, state: _State) -> _State:
+        """Each camera moved to the globally best pose for the current shape and focal length (OpenCV's SQPnP),
+        where that fits its keypoints better: a joint descent cannot leave a wrong local minimum (a pose flip
+        that near-planar keypoints allow) by itself."""
+        rot, trans = state.rot.clone(), state.trans.clone()
+        points = state.points.numpy()
+        focal = state.log_focal.exp().numpy()
+        obs, valid = self.obs.numpy(), (self.w_user > 0).numpy()
+        current = self._image_sq_errors(state)
+        for i in range(len(obs)):
+            intrinsics = np.array([[focal[i], 0.0, 0.0], [0.0, focal[i], 0.0], [0.0, 0.0, 1.0]])
+            ok, rvec, tvec = cv2.solvePnP(
+                points[valid[i]], obs[i, valid[i]], intrinsics, None, flags=cv2.SOLVEPNP_SQPNP
+            )
+            if ok and tvec[2, 0] > 0:
+                rot[i] = torch.from_numpy(cv2.Rodrigues(rvec)[0])
+                trans[i] = torch.from_numpy(tvec[:, 0])
+        candidate = _State(rot, trans, state.points, state.log_focal)
+        better = (self._image_sq_errors(candidate) < current)[:, None]
+        result = _State(
+            torch.where(better[..., None], rot, state.rot),
+            torch.where(better, trans, state.trans),
+            state.points,
+            state.log_focal,
+        )
+        result.cost = self._cost(result, self._robust_scale(result))
+        return result
+
+    def median_image_error(self, state: _State) -> float:
+        return float(self._image_sq_errors(state).median().sqrt())
 
     def _project(self, state: _State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cam = state.points @ state.rot.transpose(1, 2) + state.trans[:, None]  # (N, K, 3)
@@ -256,11 +310,17 @@ class _Problem:
         typical = self._image_sq_errors(state).median().sqrt()
         return float(loss_width * ROBUST_WIDTH * typical.clamp(min=1e-6))
 
-    def _cost(self, state: _State, c: float) -> float:
+    def _focal_prior_weight(self, c: float, loss_width: float) -> float:
+        """The prior's weight: one observation's worth at the data's own noise level (c is ROBUST_WIDTH *
+        loss_width typical errors), so the landmarks decide the focal length wherever they can."""
+        return (c / (ROBUST_WIDTH * loss_width)) ** 2 / FOCAL_PRIOR_LOG_SIGMA**2
+
+    def _cost(self, state: _State, c: float, loss_width: float = 1.0) -> float:
         n_obs = self.w_user.sum(dim=1)
         cost = 0.5 * c**2 * (n_obs * torch.log1p(self._image_sq_errors(state) / c**2)).sum()
         if self.estimate_focal:
-            cost = cost + 0.5 * ((state.log_focal[0] - self.log_focal_prior[0]) / FOCAL_PRIOR_LOG_SIGMA) ** 2
+            offset = state.log_focal[0] - self.log_focal_prior[0]
+            cost = cost + 0.5 * self._focal_prior_weight(c, loss_width) * offset**2
         return float(cost)
 
     def image_residuals(self, state: _State) -> np.ndarray:
@@ -268,17 +328,23 @@ class _Problem:
         return ((err * self.w_user).sum(dim=1) / self.w_user.sum(dim=1)).numpy()
 
     def refine(
-        self, state: _State, iterations: int, shape_mask: torch.Tensor | None = None, loss_width: float = 1.0
+        self,
+        state: _State,
+        iterations: int,
+        shape_mask: torch.Tensor | None = None,
+        loss_width: float = 1.0,
+        fixed_focal: bool = False,
     ) -> _State:
         lam = 1e-3
+        estimate_focal = self.estimate_focal and not fixed_focal
         for _ in range(iterations):
             c = self._robust_scale(state, loss_width)
-            cost = self._cost(state, c)
-            step = self._normal_equations(state, c, shape_mask)
+            cost = self._cost(state, c, loss_width)
+            step = self._normal_equations(state, c, loss_width, shape_mask, estimate_focal)
             improved = False
             for _ in range(8):
-                candidate = self._apply(state, *step(lam))
-                new_cost = self._cost(candidate, c)
+                candidate = self._apply(state, *step(lam), estimate_focal)
+                new_cost = self._cost(candidate, c, loss_width)
                 if new_cost < cost:
                     lam = max(lam / 3.0, 1e-9)
                     improved = True
@@ -292,7 +358,20 @@ class _Problem:
         state.cost = self._cost(state, self._robust_scale(state))
         return state
 
-    def _normal_equations(self, state: _State, c: float, shape_mask: torch.Tensor | None):
+    def focal_log_std(self, state: _State) -> float:
+        """Standard deviation of the estimated log focal length (Gauss-Newton, at the data's noise level), with
+        every camera and keypoint free."""
+        c = self._robust_scale(state)
+        reduced = self._normal_equations(state, c, 1.0, None, True)(0.0, reduced_hessian=True)
+        # The keypoints' gauge (7 directions) leaves the reduced Hessian singular; the focal length is not part
+        # of it, so the pseudo-inverse gives its variance.
+        covariance = torch.linalg.pinv(reduced, hermitian=True, rtol=1e-10)
+        noise_variance = (c / ROBUST_WIDTH) ** 2 / 2  # per coordinate
+        return float((covariance[-1, -1] * noise_variance).clamp(min=0).sqrt())
+
+    def _normal_equations(
+        self, state: _State, c: float, loss_width: float, shape_mask: torch.Tensor | None, estimate_focal: bool
+    ):
         """Builds the Gauss-Newton system; returns a function giving the damped step for a damping factor."""
         n_images, n_points, _ = self.obs.shape
         cam, depth, uv = self._project(state)
@@ -313,11 +392,11 @@ class _Problem:
         d_rot = -d_proj @ _skew(rotated)  # left-multiplied rotation update
         j_cam = torch.cat([d_rot, d_proj], dim=-1)  # (N, K, 2, 6)
         j_pts = d_proj @ state.rot[:, None]  # (N, K, 2, 3): derivative wrt the image's own keypoint
-        n_global = 3 * n_points + int(self.estimate_focal)
+        n_global = 3 * n_points + int(estimate_focal)
         j_glob = torch.zeros(n_images, n_points, 2, n_global, dtype=torch.float64)
         for k in range(n_points):
             j_glob[:, k, :, 3 * k : 3 * k + 3] = j_pts[:, k]
-        if self.estimate_focal:
+        if estimate_focal:
             j_glob[..., -1] = uv
         if shape_mask is not None:
             j_glob = j_glob * shape_mask[:, None, None, None].to(j_glob)
@@ -335,10 +414,14 @@ class _Problem:
         v_blk = jg_w @ jg.reshape(-1, n_global)
         b_cam = (jc_w @ r)[..., 0]
         b_glob = jg_w @ r.reshape(-1)
+        if estimate_focal:  # the log-normal prior on the focal length
+            prior_weight = self._focal_prior_weight(c, loss_width)
+            v_blk[-1, -1] += prior_weight
+            b_glob[-1] += prior_weight * (state.log_focal[0] - self.log_focal_prior[0])
         eye6 = torch.eye(6, dtype=torch.float64)
         eye_g = torch.eye(n_global, dtype=torch.float64)
 
-        def step(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        def step(lam: float, reduced_hessian: bool = False):
             u_d = u_blk + lam * (torch.diagonal(u_blk, dim1=1, dim2=2)[..., None] * eye6) + 1e-12 * eye6
             # The shape's 7 gauge directions have no curvature: the small constant keeps the system solvable.
             v_d = v_blk + lam * torch.diag(torch.diagonal(v_blk)) + 1e-8 * eye_g
@@ -346,6 +429,8 @@ class _Problem:
             u_inv_w = u_inv @ w_blk  # (N, 6, G)
             # Sums over images as single matrix products (much faster than batched einsums on the CPU).
             schur = v_d - w_blk.reshape(-1, n_global).T @ u_inv_w.reshape(-1, n_global)
+            if reduced_hessian:
+                return schur
             rhs = b_glob - u_inv_w.reshape(-1, n_global).T @ b_cam.reshape(-1)
             d_glob = -torch.linalg.solve(schur, rhs)
             d_cam = -(u_inv @ (b_cam + w_blk @ d_glob)[..., None])[..., 0]
@@ -353,13 +438,13 @@ class _Problem:
 
         return step
 
-    def _apply(self, state: _State, d_cam: torch.Tensor, d_glob: torch.Tensor) -> _State:
+    def _apply(self, state: _State, d_cam: torch.Tensor, d_glob: torch.Tensor, estimate_focal: bool) -> _State:
         n_points = state.points.shape[0]
         delta = exp_map_SO3xR3(torch.cat([torch.zeros_like(d_cam[:, :3]), d_cam[:, :3]], dim=1))[:, :, :3]
         rot = delta @ state.rot
         trans = state.trans + d_cam[:, 3:]
         points = state.points + d_glob[: 3 * n_points].reshape(n_points, 3)
-        log_focal = state.log_focal + (d_glob[-1] if self.estimate_focal else 0.0)
+        log_focal = state.log_focal + (d_glob[-1] if estimate_focal else 0.0)
         # Fix the gauge: keypoint centroid at the origin, RMS radius 1 (projections are unchanged).
         centroid = points.mean(dim=0)
         points = points - centroid
@@ -380,7 +465,9 @@ def _skew(v: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _to_world(state: _State, inlier: np.ndarray, residual: np.ndarray, scale: float, threshold: float) -> CameraFit:
+def _to_world(
+    state: _State, inlier: np.ndarray, residual: np.ndarray, scale: float, threshold: float, focal_log_std: float
+) -> CameraFit:
     """Turns the fit into nerfstudio's world: +Z is the cameras' mean up, cameras sit on average at -Y."""
     rot_t = state.rot.transpose(1, 2)  # camera-to-world rotation (OpenCV axes)
     centres = -(rot_t @ state.trans[..., None])[..., 0]
@@ -403,4 +490,5 @@ def _to_world(state: _State, inlier: np.ndarray, residual: np.ndarray, scale: fl
         residual_px=residual,
         inlier=inlier,
         outlier_threshold_px=float(threshold),
+        focal_log_std=float(focal_log_std),
     )
