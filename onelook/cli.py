@@ -135,13 +135,23 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _invert(args: argparse.Namespace) -> int:
+    from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE
     from onelook.data.object_image import prepare_object_image
     from onelook.guidance.stable_diffusion import StableDiffusionPrior
     from onelook.guidance.textual_inversion import invert
 
-    prepared = prepare_object_image(args.image, args.mask)  # fails on a bad image before loading any model
-    prior = StableDiffusionPrior.load(args.sd_model, device=args.device or _default_device())
-    learned = invert(prior, prepared.on_white(), steps=args.steps, token=args.token, initializer=args.initializer)
+    # At Stable Diffusion's resolution, from the photo itself; fails on a bad image before loading any model.
+    prepared = prepare_object_image(args.image, args.mask, size=INVERSION_IMAGE_SIZE)
+    device = args.device or _default_device()
+    prior = StableDiffusionPrior.load(args.sd_model, device=device, half_precision=args.half_precision)
+    learned = invert(
+        prior,
+        prepared.on_white(),
+        steps=args.steps,
+        token=args.token,
+        initializer=args.initializer,
+        gradient_accumulation=args.gradient_accumulation,
+    )
     print(f"learned {learned.token!r} ({prepared.mask_source} mask): {learned.save(args.out)}")
     return 0
 
@@ -257,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--mask", type=Path, help="foreground mask (default: alpha, rembg if installed, GrabCut)")
     inv.add_argument("--token", default="<object>")
     inv.add_argument("--initializer", default="object", help="an existing word to start the new one from")
+    inv.add_argument(
+        "--gradient-accumulation", type=int, default=4, help="images averaged per step (the released code's 4)"
+    )
+    inv.add_argument(
+        "--half-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Stable Diffusion in fp16 (default: on CUDA only); the learned word is optimised in fp32 either way",
+    )
     inv.add_argument("--device")
     inv.set_defaults(func=_invert)
 

@@ -146,7 +146,7 @@ def load_checkpoint(path: Path) -> dict:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError) as exc:  # a truncated or otherwise broken file (never code: see above)
-            reason = str(exc).splitlines()[0][:160] or "the file ends early"
+            reason = (str(exc).splitlines() or ["the file ends early"])[0][:160]
             raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from exc
 
 

@@ -35,9 +35,11 @@ def test_mask_loss():
 
 @pytest.fixture(scope="module")
 def pipeline(synth_dataset):
+    import copy
+
     from onelook.configs import lolnerf_small_method
 
-    config = lolnerf_small_method.config
+    config = copy.deepcopy(lolnerf_small_method.config)  # setup writes into configs: keep the registered one clean
     config.pipeline.datamanager.data = synth_dataset
     config.pipeline.datamanager.train_num_rays_per_batch = 256
     torch.manual_seed(0)

@@ -80,8 +80,10 @@ def test_textual_inversion_learns_only_the_new_word(tiny_sd, object_photo, tmp_p
     image = prepare_object_image(object_photo, size=32).on_white()
 
     def loss_on_image(token: str) -> float:
+        """The same timesteps, noise and VAE samples every time (the VAE samples from the global generator)."""
         images = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
         gen = torch.Generator().manual_seed(11)
+        torch.manual_seed(0)
         with torch.no_grad():
             return float(
                 np.mean([denoising_loss(prior, images, [f"a photo of a {token}"], gen).item() for _ in range(16)])
@@ -100,6 +102,160 @@ def test_textual_inversion_learns_only_the_new_word(tiny_sd, object_photo, tmp_p
     loaded = LearnedToken.load(path)
     assert loaded.token == "<cup>" and loaded.base_model == str(tiny_sd)
     torch.testing.assert_close(loaded.embedding, after[token_id])
+
+
+@pytest.fixture(scope="module")
+def prior_fp16(tiny_sd):
+    """The fp16 path users run on a GPU (fp16 convolutions run on the CPU too, slowly)."""
+    return StableDiffusionPrior.load(tiny_sd, device="cpu", half_precision=True)
+
+
+def test_fp16_textual_inversion_stays_finite_and_changes_only_the_new_row(prior_fp16, object_photo):
+    image = prepare_object_image(object_photo, size=32).on_white()
+    table = prior_fp16.text_encoder.get_input_embeddings().weight
+    assert table.dtype == torch.float16
+    prior_fp16.add_token("<cup16>", initializer="object")
+    before = table.detach().clone()
+    learned = invert(prior_fp16, image, steps=8, token="<cup16>", progress=False)
+    assert learned.embedding.dtype == torch.float32 and torch.isfinite(learned.embedding).all()
+    token_id = prior_fp16.tokenizer.convert_tokens_to_ids("<cup16>")
+    changed = (table.detach() != before).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == [token_id]
+    assert torch.isfinite(table[token_id]).all()
+
+
+def test_fp16_sds_gradients_are_finite(prior_fp16):
+    rgb = torch.rand(2, 3, 20, 20, requires_grad=True)
+    text, uncond = prior_fp16.encode_prompts(["a cup, front view", "a cup, back view"]), prior_fp16.encode_prompts([""])
+    prior_fp16.sds(rgb, text, uncond, generator=torch.Generator().manual_seed(1)).loss.backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def test_a_non_finite_prior_stops_score_distillation_with_a_clear_error(tiny_sd):
+    broken = StableDiffusionPrior.load(tiny_sd, device="cpu")
+    with torch.no_grad():
+        broken.unet.conv_out.bias.fill_(float("inf"))  # an overflowing UNet, as fp16 can give
+    latents = torch.randn(1, 4, 8, 8, requires_grad=True)
+    text = broken.encode_prompts(["x"])
+    with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        broken.sds_on_latents(latents, text, text)
+
+
+def test_sds_with_a_batch_of_views_and_one_prompt_each(prior):
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn(3, 4, 8, 8, requires_grad=True)
+    text = prior.encode_prompts(["front view", "side view", "back view"])
+    uncond = prior.encode_prompts([""])
+    out = prior.sds_on_latents(latents, text, uncond, guidance_scale=10.0, generator=generator)
+    (grad,) = torch.autograd.grad(out.loss, latents)
+    generator = torch.Generator().manual_seed(5)
+    t = torch.randint(20, 981, (1,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    alpha_bar = prior.scheduler.alphas_cumprod[t].float()
+    noisy = alpha_bar.sqrt() * latents.detach() + (1 - alpha_bar).sqrt() * noise
+    with torch.no_grad():
+        eps_text = prior.unet(noisy, t.expand(3), encoder_hidden_states=text).sample
+        eps_uncond = prior.unet(noisy, t.expand(3), encoder_hidden_states=uncond.expand(3, -1, -1)).sample
+    expected = (1 - alpha_bar) * (eps_uncond + 10.0 * (eps_text - eps_uncond) - noise) / 3
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def v_prediction_sd(tiny_sd, tmp_path_factory):
+    """The tiny model as a v-prediction one (what SD 2.x 768 is)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("v-sd") / "model"
+    shutil.copytree(tiny_sd, folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+def test_v_prediction_models_give_epsilon_as_the_scheduler_defines_it(v_prediction_sd):
+    prior = StableDiffusionPrior.load(v_prediction_sd, device="cpu")
+    assert prior.prediction_type == "v_prediction"
+    generator = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    t = torch.tensor([700])
+    noisy = prior.add_noise(latents, noise, t)
+    text = prior.encode_prompts(["x"])
+    with torch.no_grad():
+        eps = prior.predict_noise(noisy, t, text)
+        v = prior.unet(noisy, t, encoder_hidden_states=text).sample
+    # diffusers' own reading of a v output: the clean sample it implies, hence the noise.
+    x0 = prior.scheduler.step(v, int(t), noisy).pred_original_sample
+    alpha_bar = prior.scheduler.alphas_cumprod[t]
+    torch.testing.assert_close(eps, (noisy - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt(), rtol=1e-4, atol=1e-4)
+    # Textual inversion trains it on its own target (v), not on epsilon.
+    torch.testing.assert_close(
+        prior.training_target(latents, noise, t), prior.scheduler.get_velocity(latents, noise, t)
+    )
+
+
+def test_an_unsupported_prediction_type_is_refused(v_prediction_sd, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(v_prediction_sd, folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
+        StableDiffusionPrior.load(folder, device="cpu")
+
+
+def test_the_learned_word_loads_in_diffusers_and_back(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    word = LearnedToken("<mug>", torch.randn(32), str(tiny_sd))
+    path = word.save(tmp_path / "mug.safetensors")
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    pipeline.load_textual_inversion(str(path))
+    token_id = pipeline.tokenizer.convert_tokens_to_ids("<mug>")
+    torch.testing.assert_close(pipeline.text_encoder.get_input_embeddings().weight[token_id], word.embedding)
+    # diffusers' own training script writes learned_embeds.safetensors as {token: (1, D)}.
+    save_file({"<toy>": torch.ones(1, 32)}, str(tmp_path / "learned_embeds.safetensors"))
+    loaded = LearnedToken.load(tmp_path / "learned_embeds.safetensors")
+    assert loaded.token == "<toy>" and loaded.embedding.shape == (32,)
+
+
+def test_a_home_relative_model_folder_is_expanded(tiny_sd, monkeypatch):
+    monkeypatch.setenv("HOME", str(tiny_sd.parent))
+    assert StableDiffusionPrior.load(f"~/{tiny_sd.name}", device="cpu").source == str(tiny_sd)
+
+
+def test_inversion_learns_from_a_full_resolution_crop_and_accumulates_four_images(tiny_sd, tmp_path):
+    from skimage import data
+
+    from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE, ObjectImageDataParserConfig
+
+    rgb = data.coffee()  # 400 x 600: a photo with more detail than a small crop keeps
+    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]]
+    alpha = ((((xx - 300) / 200) ** 2 + ((yy - 200) / 160) ** 2) <= 1).astype(np.uint8) * 255
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "cup.png")
+    parser = ObjectImageDataParserConfig(data=tmp_path / "cup.png", image_size=32, cache_dir=tmp_path / "cache")
+    metadata = parser.setup().get_dataparser_outputs("train").metadata
+    inversion = np.asarray(Image.open(metadata["inversion_path"]))
+    assert inversion.shape == (INVERSION_IMAGE_SIZE, INVERSION_IMAGE_SIZE, 3)
+    crop, mask = (np.asarray(Image.open(metadata[key])) for key in ("image_path", "mask_path"))
+    small_on_white = np.where(mask[..., None] > 127, crop, 255).astype(np.uint8)
+    upscaled = np.asarray(Image.fromarray(small_on_white).resize(inversion.shape[:2], Image.Resampling.BILINEAR))
+
+    def detail(image: np.ndarray) -> float:  # energy of the finest differences
+        return float(np.abs(np.diff(image.astype(float), axis=1)).mean())
+
+    assert detail(inversion) > 2 * detail(upscaled)  # the photo's own detail, not a blurred small crop
+    prior = StableDiffusionPrior.load(tiny_sd, device="cpu")
+    calls = []
+    hook = prior.unet.register_forward_hook(lambda *_: calls.append(1))
+    invert(prior, inversion, steps=3, progress=False)
+    hook.remove()
+    assert len(calls) == 3 * 4
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +302,10 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
 
 
 @pytest.mark.slow
-def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_path):
-    """No embedding given: textual inversion runs first; then training, then `onelook export`."""
+@pytest.mark.parametrize("precision", ["False", "True"])
+def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_path, precision):
+    """No embedding given: textual inversion runs first; then training, then `onelook export`; with the
+    diffusion model in fp32 and in fp16 (as on a GPU)."""
     from onelook.cli import main
     from onelook.runs import load_run_config
 
@@ -169,6 +327,8 @@ def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_pa
             str(tiny_sd),
             "--pipeline.model.inversion-steps",
             "3",
+            "--pipeline.model.half-precision",
+            precision,
             *TINY,
             "onelook-image",  # the dataparser's own options follow its subcommand
             "--cache-dir",

@@ -27,6 +27,7 @@ CANONICAL_RMS_RADIUS = 0.25
 DEFAULT_FOCAL_FACTOR = 2.0
 FOCAL_PRIOR_LOG_SIGMA = 0.7
 FOCAL_SEARCH_FACTORS = (0.375, 0.6, 0.9, 1.35, 2.0, 3.0, 4.5, 6.0)
+SEARCH_IMAGES = 400  # images the starting point is chosen on
 # The focal length counts as undetermined by the landmarks when its log has a standard deviation above this.
 FOCAL_UNDETERMINED_LOG_STD = 0.15
 # Images whose mean reprojection error exceeds this multiple of the median image's are flagged as outliers.
@@ -111,17 +112,20 @@ def fit_cameras(
     focal_starts = [f_init]
     if focal_length is None:
         focal_starts = [torch.full_like(f_init, factor * side / scale) for factor in FOCAL_SEARCH_FACTORS]
+    # The starting point (focal length, which of the two mirror-image shapes) is chosen on a subset of images.
+    search = problem.subset(torch.linspace(0, n_images - 1, min(n_images, SEARCH_IMAGES)).long())
     candidates = []
     for focal_start in focal_starts:
         for mirrored in (False, True):
             s = shape * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64) if mirrored else shape
-            state = problem.initial_state(s, focal_start)
-            state = problem.refine(problem.global_poses(state), iterations=15, fixed_focal=True)
-            candidates.append(state)
+            state = search.initial_state(s, focal_start[search.images])
+            candidates.append(search.refine(search.global_poses(state), iterations=15, fixed_focal=True))
     # Candidates differ in their robust scale: compare them by the median image's error instead.
-    state = min(candidates, key=problem.median_image_error)
-    for _ in range(2):  # each round: every camera at its best pose for the shape so far, then all jointly
-        state = problem.refine(problem.global_poses(state), iterations=iterations)
+    best = min(candidates, key=search.median_image_error)
+    focal = f_init if focal_length is not None else best.log_focal[0].exp().expand(n_images).clone()
+    state = problem.initial_state(best.points, focal)
+    # Every camera at its best pose for the shape so far, then all jointly (and once more after the outliers).
+    state = problem.refine(problem.global_poses(state), iterations=iterations)
 
     residual = problem.image_residuals(state) * scale
     threshold = outlier_threshold_px
@@ -240,10 +244,16 @@ class _Problem:
     """The robust least-squares problem; all coordinates normalised by half the larger image side."""
 
     def __init__(self, obs: torch.Tensor, w_user: torch.Tensor, focal: torch.Tensor, estimate_focal: bool):
+        self.images = torch.arange(len(obs))  # which of the caller's images these are
         self.obs = obs
         self.w_user = w_user
         self.log_focal_prior = focal.log()
         self.estimate_focal = estimate_focal
+
+    def subset(self, images: torch.Tensor) -> _Problem:
+        part = _Problem(self.obs[images], self.w_user[images], self.log_focal_prior[images].exp(), self.estimate_focal)
+        part.images = images
+        return part
 
     def initial_state(self, shape: torch.Tensor, focal: torch.Tensor) -> _State:
         """Cameras from a weighted affine fit of each image to the shape, then lifted to perspective at `focal`."""
@@ -266,19 +276,18 @@ class _Problem:
         """Each camera moved to the globally best pose for the current shape and focal length (OpenCV's SQPnP),
         where that fits its keypoints better: a joint descent cannot leave a wrong local minimum (a pose flip
         that near-planar keypoints allow) by itself."""
-        rot, trans = state.rot.clone(), state.trans.clone()
         points = state.points.numpy()
         focal = state.log_focal.exp().numpy()
         obs, valid = self.obs.numpy(), (self.w_user > 0).numpy()
         current = self._image_sq_errors(state)
+        rot, trans = state.rot.numpy().copy(), state.trans.numpy().copy()
         for i in range(len(obs)):
             intrinsics = np.array([[focal[i], 0.0, 0.0], [0.0, focal[i], 0.0], [0.0, 0.0, 1.0]])
-            ok, rvec, tvec = cv2.solvePnP(
-                points[valid[i]], obs[i, valid[i]], intrinsics, None, flags=cv2.SOLVEPNP_SQPNP
-            )
+            seen = valid[i]
+            ok, rvec, tvec = cv2.solvePnP(points[seen], obs[i, seen], intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
             if ok and tvec[2, 0] > 0:
-                rot[i] = torch.from_numpy(cv2.Rodrigues(rvec)[0])
-                trans[i] = torch.from_numpy(tvec[:, 0])
+                rot[i], trans[i] = cv2.Rodrigues(rvec)[0], tvec[:, 0]
+        rot, trans = torch.from_numpy(rot), torch.from_numpy(trans)
         candidate = _State(rot, trans, state.points, state.log_focal)
         better = (self._image_sq_errors(candidate) < current)[:, None]
         result = _State(

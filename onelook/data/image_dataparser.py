@@ -34,14 +34,18 @@ def reference_camera(distance: float, elevation: float, fov: float, size: int) -
     return look_at(orbit_positions(0.0, elevation, distance)[None])[0], float(focal)
 
 
-PREPARED_IMAGE, PREPARED_MASK = "image.png", "mask.png"
+PREPARED_IMAGE, PREPARED_MASK, INVERSION_IMAGE = "image.png", "mask.png", "inversion.png"
+INVERSION_IMAGE_SIZE = 512  # Stable Diffusion 1.x's resolution: textual inversion learns from this crop
 
 
 def write_prepared_object(prepared: ObjectImage, folder: Path) -> Path:
-    """Writes a prepared photo where the dataparser reads it (nerfstudio datasets read files); returns `folder`."""
+    """Writes a prepared photo where the dataparser reads it (nerfstudio datasets read files): the crop and its
+    mask, and the object on white at INVERSION_IMAGE_SIZE cut from the photo itself (textual inversion learns
+    from it; upscaling the small crop would teach it a blurry object). Returns `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(prepared.rgb).save(folder / PREPARED_IMAGE)
     Image.fromarray(prepared.mask.astype(np.uint8) * 255).save(folder / PREPARED_MASK)
+    Image.fromarray(prepared.resized(INVERSION_IMAGE_SIZE).on_white()).save(folder / INVERSION_IMAGE)
     return folder
 
 
@@ -80,7 +84,7 @@ class ObjectImageDataParser(DataParser):
             photo, mask = self._find_inputs()
             digest = hashlib.sha1(f"{photo.resolve()}:{photo.stat().st_mtime}:{cfg}".encode()).hexdigest()[:12]
             cache = (cfg.cache_dir or Path(tempfile.gettempdir()) / "onelook-images") / f"{photo.stem}-{digest}"
-            if not ((cache / PREPARED_IMAGE).is_file() and (cache / PREPARED_MASK).is_file()):
+            if not all((cache / name).is_file() for name in (PREPARED_IMAGE, PREPARED_MASK, INVERSION_IMAGE)):
                 write_prepared_object(prepare_object_image(photo, mask, cfg.image_size, cfg.object_fraction), cache)
         image_path, mask_path = cache / PREPARED_IMAGE, cache / PREPARED_MASK
         size = Image.open(image_path).size
@@ -104,7 +108,12 @@ class ObjectImageDataParser(DataParser):
             cameras=cameras,
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
             mask_filenames=[mask_path],
-            metadata={"source_image": str(photo), "image_path": str(image_path), "mask_path": str(mask_path)},
+            metadata={
+                "source_image": str(photo),
+                "image_path": str(image_path),
+                "mask_path": str(mask_path),
+                "inversion_path": str(cache / INVERSION_IMAGE),
+            },
         )
 
     def _find_inputs(self) -> tuple[Path, Path | None]:

@@ -26,10 +26,18 @@ class ObjectImage:
     mask: np.ndarray  # (S, S) bool
     mask_source: str  # "alpha", "mask file", "rembg" or "grabcut"
     notes: list[str] = field(default_factory=list)
+    # The photo, its foreground and the square (x0, y0, side) cut from it: `resized` crops again from these.
+    source: tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None = field(default=None, repr=False)
 
     def on_white(self) -> np.ndarray:
         """The object composited on a white background (what textual inversion sees)."""
         return np.where(self.mask[..., None], self.rgb, 255).astype(np.uint8)
+
+    def resized(self, size: int) -> ObjectImage:
+        """The same crop at `size` pixels, cut from the photo itself (not resampled from this crop)."""
+        rgb, fg, box = self.source
+        crop, mask = _crop(rgb, fg, box, size)
+        return ObjectImage(crop, mask, self.mask_source, list(self.notes), self.source)
 
 
 def prepare_object_image(
@@ -66,15 +74,22 @@ def prepare_object_image(
     ys, xs = np.nonzero(fg)
     x_lo, x_hi, y_lo, y_hi = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     side = max(x_hi - x_lo, y_hi - y_lo) / object_fraction
-    x0, y0 = (x_lo + x_hi - side) / 2, (y_lo + y_hi - side) / 2
+    box = ((x_lo + x_hi - side) / 2, (y_lo + y_hi - side) / 2, side)
+    crop, crop_mask = _crop(rgb, fg, box, size)
+    return ObjectImage(rgb=crop, mask=crop_mask, mask_source=source, notes=notes, source=(rgb, fg, box))
+
+
+def _crop(rgb: np.ndarray, fg: np.ndarray, box: tuple[float, float, float], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The square `box` (x0, y0, side) of the photo and its foreground at `size` pixels; pixels from outside
+    the photo (edge-extended) are background."""
+    x0, y0, side = box
     crop = crop_square(rgb, x0, y0, side, size)
     crop_mask = crop_square(fg.astype(np.uint8) * 255, x0, y0, side, size) >= 128
-    # Pixels from outside the photo (edge-extended) are background.
     centres = (np.arange(size) + 0.5) * side / size
     inside = np.outer(
         (centres + y0 >= 0) & (centres + y0 < rgb.shape[0]), (centres + x0 >= 0) & (centres + x0 < rgb.shape[1])
     )
-    return ObjectImage(rgb=crop, mask=crop_mask & inside, mask_source=source, notes=notes)
+    return crop, crop_mask & inside
 
 
 def _validated_array(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[str]]:

@@ -7,6 +7,7 @@ cached or the id is a folder; offline with no weights, the error says what to gi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +31,17 @@ class SDSOutput:
     timestep: int
 
 
+def model_source(model: str | Path) -> str:
+    """A hub id as it is, a folder with `~` expanded (`--sd-model ~/models/sd15`, `ONELOOK_SD_MODEL`)."""
+    return os.path.expanduser(str(model))
+
+
 def check_available(model: str | Path) -> None:
     """Fails fast, before any training output is written, when the weights cannot possibly be loaded: a folder
     without a UNet, or a hub id that is not cached while the hub is unreachable."""
-    import os
     import socket
 
+    model = model_source(model)
     source = Path(model)
     if str(model).startswith(("/", ".", "~")) and not source.exists():
         raise PriorUnavailableError(f"Stable Diffusion folder not found: {model}")
@@ -73,6 +79,12 @@ class StableDiffusionPrior:
             module.eval()
         self.device = unet.device
         self.dtype = unet.dtype
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"{source}: the scheduler's prediction_type {self.prediction_type!r} is not supported "
+                "(epsilon and v_prediction are)"
+            )
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = unet.config.sample_size * self.vae_scale  # 512 for Stable Diffusion 1.x
@@ -94,7 +106,7 @@ class StableDiffusionPrior:
         device = torch.device(device)
         half = device.type == "cuda" if half_precision is None else half_precision
         dtype = torch.float16 if half else torch.float32
-        source = str(model)
+        source = model_source(model)
         try:
             vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
@@ -167,8 +179,28 @@ class StableDiffusionPrior:
         posterior = self.vae.encode((2.0 * rgb - 1.0).to(self.dtype)).latent_dist
         return posterior.sample() * self.vae.config.scaling_factor
 
-    def predict_noise(self, latents: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
-        return self.unet(latents.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
+    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The forward process, by the scheduler (which owns the maths)."""
+        return self.scheduler.add_noise(latents, noise, timesteps)
+
+    def predict_noise(self, noisy: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
+        """The UNet's estimate of the noise in `noisy` latents (epsilon), whatever the model predicts: a
+        v-prediction model's (SD 2.x 768) v is turned into epsilon = sqrt(a) v + sqrt(1 - a) x_t."""
+        output = self.predict_raw(noisy, timesteps, text)
+        if self.prediction_type == "epsilon":
+            return output
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return alpha_bar.sqrt() * output.float() + (1 - alpha_bar).sqrt() * noisy.float()
+
+    def training_target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the UNet is trained to output for `add_noise(latents, noise, timesteps)` (textual inversion)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        return self.scheduler.get_velocity(latents, noise, timesteps)
+
+    def predict_raw(self, noisy: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
+        """The UNet's own output (epsilon or v, as the model was trained)."""
+        return self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
 
     def sds(
         self,
@@ -197,18 +229,25 @@ class StableDiffusionPrior:
         drawn uniformly from `t_range`, and w(t) = 1 - alpha_bar(t). Draws t, then eps, from `generator`."""
         num = self.scheduler.config.num_train_timesteps
         low, high = int(t_range[0] * num), int(t_range[1] * num)
+        batch = len(latents)
         t = torch.randint(low, high + 1, (1,), generator=generator).to(self.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+        noisy = self.add_noise(latents, noise, t)
         with torch.no_grad():
-            batch = len(latents)
-            eps = self.predict_noise(
-                torch.cat([noisy, noisy]), torch.cat([t, t]).expand(2 * batch), torch.cat([uncond, text])
-            ).float()
+            # One prompt for every view, or one per view: (1 or B, L, D) -> (B, L, D).
+            text, uncond = text.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+            eps = self.predict_noise(torch.cat([noisy, noisy]), t.expand(2 * batch), torch.cat([uncond, text]))
+            eps = eps.float()
             eps_uncond, eps_text = eps.chunk(2)
             eps_hat = eps_uncond + guidance_scale * (eps_text - eps_uncond)
-            grad = torch.nan_to_num((1 - alpha_bar) * (eps_hat - noise))
+            grad = (1 - alpha_bar) * (eps_hat - noise)
+        if not torch.isfinite(grad).all():
+            raise FloatingPointError(
+                f"score distillation gave a non-finite gradient (timestep {int(t)}): the diffusion model's output "
+                f"overflowed in {str(self.dtype).removeprefix('torch.')} or the learned word is not finite; "
+                "try --pipeline.model.half-precision False"
+            )
         target = (latents - grad).detach()
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / len(latents)
         return SDSOutput(loss=loss, timestep=int(t))

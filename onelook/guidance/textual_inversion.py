@@ -56,11 +56,12 @@ class LearnedToken:
     base_model: str
 
     def save(self, path: Path) -> Path:
-        """safetensors, with the token and base model in its metadata (never a pickle)."""
+        """safetensors holding `{token: embedding}`, the layout diffusers' `load_textual_inversion` reads, with
+        the token and base model in its metadata too (never a pickle)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(
-            {"embedding": self.embedding.detach().float().cpu().contiguous()},
+            {self.token: self.embedding.detach().float().cpu().contiguous()},
             str(path),
             metadata={"token": self.token, "base_model": self.base_model},
         )
@@ -68,6 +69,8 @@ class LearnedToken:
 
     @classmethod
     def load(cls, path: Path) -> LearnedToken:
+        """Reads `save`'s files, diffusers' `learned_embeds.safetensors` ({token: (1, D) or (D,)}), and the
+        earlier onelook layout ({"embedding": (D,)} with the token in the metadata)."""
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -76,9 +79,19 @@ class LearnedToken:
             tensors = load_file(str(path))
         except SafetensorError as exc:
             raise ValueError(f"{path} is not a safetensors file ({exc}); give `onelook invert`'s output") from exc
-        if "embedding" not in tensors or "token" not in metadata:
-            raise ValueError(f"{path} is not an onelook token embedding (no 'embedding' tensor or 'token' metadata)")
-        return cls(metadata["token"], tensors["embedding"], metadata.get("base_model", ""))
+        if "embedding" in tensors and "token" in metadata:
+            token, embedding = metadata["token"], tensors["embedding"]
+        elif len(tensors) == 1:
+            token, embedding = next(iter(tensors.items()))
+        else:
+            raise ValueError(f"{path} holds {len(tensors)} tensors; a learned word is one {{token: embedding}}")
+        if embedding.ndim == 2 and len(embedding) == 1:
+            embedding = embedding[0]
+        if embedding.ndim != 1:
+            raise ValueError(f"{path}: {token!r} has {embedding.shape[0]} vectors; one vector per word is supported")
+        if not torch.isfinite(embedding).all():
+            raise ValueError(f"{path}: the embedding of {token!r} is not finite (a diverged textual inversion)")
+        return cls(token, embedding.float(), metadata.get("base_model", ""))
 
 
 def augmentations(size: int) -> v2.Compose:
@@ -99,14 +112,15 @@ def augmentations(size: int) -> v2.Compose:
 
 
 def denoising_loss(prior: StableDiffusionPrior, images: torch.Tensor, prompts: list[str], generator=None):
-    """The standard epsilon-prediction loss at uniformly drawn timesteps; images (B, 3, H, W) in [0, 1]."""
+    """The model's own training loss (epsilon or v target) at uniformly drawn timesteps; images (B, 3, H, W) in
+    [0, 1]."""
     latents = prior.encode_images(images).float()
     num = prior.scheduler.config.num_train_timesteps
     t = torch.randint(0, num, (len(latents),), generator=generator).to(prior.device)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    alpha_bar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-    noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-    return F.mse_loss(prior.predict_noise(noisy, t, prior.encode_prompts(prompts)).float(), noise)
+    noisy = prior.add_noise(latents, noise, t)
+    output = prior.predict_raw(noisy, t, prior.encode_prompts(prompts)).float()
+    return F.mse_loss(output, prior.training_target(latents, noise, t))
 
 
 def invert(prior: StableDiffusionPrior, image: np.ndarray, steps: int = 3000, **options) -> LearnedToken:
@@ -122,34 +136,50 @@ def invert_steps(
     initializer: str = "object",
     learning_rate: float = 2e-3,
     batch_size: int = 1,
+    gradient_accumulation: int = 4,
     seed: int = 0,
     progress: bool = True,
 ) -> Iterator[tuple[int, LearnedToken | None]]:
     """Learns `token` for the object in `image` ((H, W, 3) uint8, the object on a plain background), yielding
-    (step, None) after each step, then (steps, the LearnedToken); stopping the iteration stops the work."""
+    (step, None) after each optimiser step, then (steps, the LearnedToken); stopping the iteration stops the
+    work. As the released code: each step averages `gradient_accumulation` batches of `batch_size` images, at
+    a learning rate already scaled for that (diffusers' `--scale_lr`: 5e-4 x 4).
+
+    The new word's vector is its own fp32 parameter, written into the (frozen, possibly fp16) embedding table
+    by a hook on the embedding layer: an fp16 Adam step underflows (its second moment of a 1e-3 gradient is
+    1e-6, below fp16's eps handling) and turns the row into inf. A non-finite vector stops the run.
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     token_id = prior.add_token(token, initializer=initializer)
-    table = prior.text_encoder.get_input_embeddings().weight
-    original = table.detach().clone()
-    table.requires_grad_(True)
-    keep = torch.ones(len(table), dtype=torch.bool, device=table.device)
-    keep[token_id] = False
-    optimizer = torch.optim.AdamW([table], lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
+    layer = prior.text_encoder.get_input_embeddings()
+    word = torch.nn.Parameter(layer.weight[token_id].detach().float().clone())
+
+    def use_word(module, inputs, output):
+        is_word = (inputs[0] == token_id)[..., None]
+        return torch.where(is_word, word.to(output.dtype), output)
+
+    optimizer = torch.optim.AdamW([word], lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2)
     augment = augmentations(prior.image_size)
     source = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1) / 255.0
+    hook = layer.register_forward_hook(use_word)
     try:
         for step in trange(steps, desc="textual inversion", disable=not progress):
-            images = torch.stack([augment(source) for _ in range(batch_size)]).to(prior.device)
-            prompts = [rng.choice(TEMPLATES).format(token) for _ in range(batch_size)]
-            loss = denoising_loss(prior, images, prompts, generator)
             optimizer.zero_grad()
-            loss.backward()
+            for _ in range(gradient_accumulation):
+                images = torch.stack([augment(source) for _ in range(batch_size)]).to(prior.device)
+                prompts = [rng.choice(TEMPLATES).format(token) for _ in range(batch_size)]
+                (denoising_loss(prior, images, prompts, generator) / gradient_accumulation).backward()
             optimizer.step()
-            with torch.no_grad():
-                table[keep] = original[keep]  # only the new word changes
+            if not torch.isfinite(word).all():
+                raise FloatingPointError(
+                    f"textual inversion diverged at step {step}: the word's vector is not finite "
+                    f"(prior in {str(prior.dtype).removeprefix('torch.')}); try a lower learning rate"
+                )
             yield step, None
     finally:
-        table.requires_grad_(False)
-    yield steps, LearnedToken(token, table[token_id].detach().clone(), prior.source)
+        hook.remove()
+    with torch.no_grad():
+        layer.weight[token_id] = word.to(layer.weight.dtype)  # only the new word's row ever changes
+    yield steps, LearnedToken(token, word.detach().clone(), prior.source)

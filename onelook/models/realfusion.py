@@ -48,6 +48,9 @@ class RealFusionModelConfig(ModelConfig):
     embedding: Path | None = None
     """Learned token (`onelook invert` output, safetensors). None: textual inversion runs first."""
     inversion_steps: int = 3000
+    """Textual inversion steps when no `embedding` is given."""
+    inversion_accumulation: int = 4
+    """Images averaged per textual-inversion step (the released code: batch 1 x 4 accumulated)."""
     prompt: str = "a high-resolution DSLR image of a {token}"
     guidance_scale: float = 100.0
     t_range: tuple[float, float] = (0.02, 0.98)
@@ -177,11 +180,8 @@ class RealFusionModel(Model):
         )
 
     def reference_on_white(self) -> np.ndarray:
-        """The reference photo's object on a white background (what textual inversion learns from)."""
-        metadata = self.kwargs["metadata"]
-        image = np.asarray(Image.open(metadata["image_path"]).convert("RGB"))
-        mask = np.asarray(Image.open(metadata["mask_path"]).convert("L")) > 127
-        return np.where(mask[..., None], image, 255).astype(np.uint8)
+        """The photo's object on white at Stable Diffusion's resolution (what textual inversion learns from)."""
+        return np.asarray(Image.open(self.kwargs["metadata"]["inversion_path"]).convert("RGB"))
 
     def prior(self):
         """The diffusion prior and the prompts' embeddings, loaded once (on this model's device); the learned
@@ -194,7 +194,12 @@ class RealFusionModel(Model):
             if cfg.embedding is not None:
                 learned = LearnedToken.load(cfg.embedding)
             else:
-                learned = invert(prior, self.reference_on_white(), cfg.inversion_steps)
+                learned = invert(
+                    prior,
+                    self.reference_on_white(),
+                    cfg.inversion_steps,
+                    gradient_accumulation=cfg.inversion_accumulation,
+                )
                 learned.save(Path(self.kwargs["metadata"]["image_path"]).parent / "embedding.safetensors")
             prior.add_token(learned.token, learned.embedding)
             base = cfg.prompt.format(token=learned.token)

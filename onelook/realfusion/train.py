@@ -29,13 +29,14 @@ class Quality:
     samples: int  # coarse and again fine samples per ray
     rays: int  # reference rays per step
     mesh_resolution: int
+    inversion_accumulation: int = 4  # images averaged per textual-inversion step
 
 
 # "preview" shows the whole flow in seconds; "quick" fits a CPU demo; "standard" and "high" are GPU-sized (the
 # released code: 5000 iterations, 96 px views).
 QUALITY = {
-    "preview": Quality(10, 5, 32, 16, 16, 256, 32),
-    "quick": Quality(300, 100, 64, 32, 24, 1024, 64),
+    "preview": Quality(10, 5, 32, 16, 16, 256, 32, inversion_accumulation=1),
+    "quick": Quality(300, 100, 64, 32, 24, 1024, 64, inversion_accumulation=1),
     "standard": Quality(2000, 1000, 128, 64, 48, 4096, 128),
     "high": Quality(5000, 3000, 128, 96, 64, 4096, 256),
 }
@@ -84,6 +85,7 @@ def train_realfusion(
     datamanager.seed = seed
     model = config.pipeline.model
     model.sd_model, model.embedding, model.inversion_steps = sd_model, embedding, quality.inversion_steps
+    model.inversion_accumulation = quality.inversion_accumulation
     model.num_coarse_samples = model.num_fine_samples = quality.samples
     model.albedo_steps = min(model.albedo_steps, quality.iterations // 5)
     model.coarse_to_fine_step = min(model.coarse_to_fine_step, quality.iterations // 2)
@@ -98,6 +100,7 @@ def train_realfusion(
             pipeline.model.diffusion_model(),
             pipeline.model.reference_on_white(),
             quality.inversion_steps,
+            gradient_accumulation=quality.inversion_accumulation,
             seed=seed,
             progress=False,
         ):
