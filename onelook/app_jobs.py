@@ -1,7 +1,7 @@
 """What the demo app's worker process does: each reconstruction, from the uploaded file to the exported files.
 
 `AppJobs` is built once per worker process (`onelook.worker`): it loads the LOLNeRF model there and keeps it,
-and the diffusion prior stays loaded after its first use (`StableDiffusionPrior.shared`). Each job decodes its
+and the diffusion prior stays loaded after its first use (`shared_prior`). Each job decodes its
 upload once, yields `JobUpdate`s, and ends with a `JobResult` of plain data (paths, lists). A reason the
 visitor can act on (a bad file, no face) is raised as `JobError`. Nothing here imports gradio.
 """

@@ -368,30 +368,63 @@ def test_missing_models_are_explained(tmp_path, photos):
         process.wait(30)
 
 
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def open_with_the_cup(browser, url: str, photos: dict):
+    """The "Any object" tab with the cup uploaded and its preview shown."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(url)
+    page.get_by_role("tab", name="Any object").click()
+    page.locator("input[type=file]").first.set_input_files(str(photos["cup"]))
+    page.wait_for_function(  # the status box (a textarea) reports the mask once the preview is ready
+        "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('mask from'))", timeout=60_000
+    )
+    return page
+
+
+def test_browser_stop_ends_a_long_reconstruction_at_once(app, photos):
+    """A visitor in Debian's chromium presses Stop during training: the progress display is gone within 2 s,
+    and the worker that ran the step was killed (not waited on)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+        page = open_with_the_cup(browser, app, photos)
+        page.get_by_label("quick").first.check()
+        page.get_by_role("button", name="Reconstruct").first.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('training'))", timeout=180_000
+        )
+        page.wait_for_selector(".progress-level, .eta-bar", timeout=10_000)  # the progress display is up
+        worker = worker_process(SERVER["pid"]).pid
+        started = time.time()
+        page.get_by_role("button", name="Stop").first.click()
+        page.wait_for_function("() => !document.querySelector('.progress-level, .eta-bar')", timeout=10_000)
+        stopped_after = time.time() - started
+        browser.close()
+    print(f"Stop in the browser took {stopped_after:.2f} s")
+    assert stopped_after < 2.0
+    assert worker_process(SERVER["pid"]).pid != worker
+
+
 def test_browser_upload_reconstruct_and_view(app, photos):
     """Debian's chromium through Playwright: the visitor's whole path, with a screenshot kept as an artifact."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-    ]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        page = browser.new_page(viewport={"width": 1280, "height": 1600})
-        page.goto(app)
-        page.get_by_role("tab", name="Any object").click()
-        page.locator("input[type=file]").first.set_input_files(str(photos["cup"]))
-        page.wait_for_function(  # the status box (a textarea) reports the mask once the preview is ready
-            "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('mask from'))", timeout=60_000
-        )
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+        page = open_with_the_cup(browser, app, photos)
         page.get_by_label("preview").first.check()
         page.get_by_role("button", name="Reconstruct").first.click()
         page.locator("video").first.wait_for(timeout=300_000)

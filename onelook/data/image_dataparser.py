@@ -59,15 +59,20 @@ class ObjectImageDataParserConfig(DataParserConfig):
     mask: Path | None = None
     """Foreground mask file (default: the photo's alpha, mask.png beside it, rembg if installed, GrabCut)."""
     image_size: int = 128
+    """Side of the square crop the NeRF is fitted to, in pixels."""
     object_fraction: float = 0.75
     """How much of the square crop the object's longer side fills."""
     reference_distance: float = 1.8
+    """Distance of the photo's camera from the object's centre (the released code's)."""
     reference_elevation: float = 15.0
+    """Degrees above the horizon the photo is assumed taken from."""
     reference_fov: float = 55.0
+    """Field of view assumed for the photo, in degrees."""
     cache_dir: Path | None = None
     """Where the prepared crop and mask are written (default: a folder in the system's temporary folder)."""
     prepared: bool = False
-    """`data` is a folder that `write_prepared_object` wrote (image.png, mask.png at image_size): used as is."""
+    """`data` is a folder that `write_prepared_object` wrote (image.png, mask.png at image_size, inversion.png):
+    used as is."""
 
 
 @dataclass

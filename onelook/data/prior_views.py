@@ -63,12 +63,17 @@ def sample_prior_camera(
 
 @dataclass
 class PriorViewDataManagerConfig(VanillaDataManagerConfig):
+    """The reference photo's rays plus, each step, one random camera for the diffusion prior (RealFusion)."""
+
     _target: type = field(default_factory=lambda: PriorViewDataManager)
     prior_view_size: int = 64
     """Side of the random views rendered for the diffusion prior (the released code: 96)."""
     prior_distance_range: tuple[float, float] = (1.0, 1.5)
+    """Range of the random cameras' distances from the object's centre."""
     prior_fov_range: tuple[float, float] = (40.0, 70.0)
+    """Range of the random cameras' fields of view, in degrees."""
     seed: int = 0
+    """Seed of the random cameras."""
 
 
 class PriorViewDataManager(VanillaDataManager, Generic[TDataset]):

@@ -18,7 +18,7 @@ from torch import Tensor
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-_SHARED: dict[tuple, StableDiffusionPrior] = {}  # StableDiffusionPrior.shared's priors, by their settings
+_SHARED: dict[tuple, StableDiffusionPrior] = {}  # shared_prior's priors, by their settings
 
 
 class PriorUnavailableError(RuntimeError):
@@ -125,22 +125,6 @@ class StableDiffusionPrior:
         if vae_tiling:
             vae.enable_tiling()
         return cls(vae.to(device), unet.to(device), text_encoder.to(device), tokenizer, scheduler, source)
-
-    @classmethod
-    def shared(
-        cls,
-        model: str | Path = DEFAULT_SD_MODEL,
-        device: str | torch.device = "cpu",
-        half_precision: bool | None = None,
-        attention_slicing: bool = True,
-        vae_tiling: bool = False,
-    ) -> StableDiffusionPrior:
-        """`load`, once per process and setting: the demo app's worker keeps the prior between requests. Safe to
-        share: users only add tokens (`add_token` re-initialises a token that is already there)."""
-        key = (str(model), str(torch.device(device)), half_precision, attention_slicing, vae_tiling)
-        if key not in _SHARED:
-            _SHARED[key] = cls.load(model, device, half_precision, attention_slicing, vae_tiling)
-        return _SHARED[key]
 
     # --- learned tokens -------------------------------------------------------------------------------------
 
@@ -251,3 +235,12 @@ class StableDiffusionPrior:
         target = (latents - grad).detach()
         loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / len(latents)
         return SDSOutput(loss=loss, timestep=int(t))
+
+
+def shared_prior(*settings) -> StableDiffusionPrior:
+    """`StableDiffusionPrior.load(*settings)`, once per process and settings: the demo app's worker keeps the
+    prior between requests. Safe to share: users only add tokens (`add_token` re-initialises one that exists)."""
+    key = tuple(str(setting) for setting in settings)
+    if key not in _SHARED:
+        _SHARED[key] = StableDiffusionPrior.load(*settings)
+    return _SHARED[key]

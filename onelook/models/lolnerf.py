@@ -31,22 +31,34 @@ from onelook.model_components.losses import hard_surface_loss, mask_loss
 @dataclass
 class LOLNeRFModelConfig(ModelConfig):
     _target: type = field(default_factory=lambda: LOLNeRFModel)
-    enable_collider: bool = False  # the model intersects rays with its own scene sphere
+    enable_collider: bool = False
+    """Off: the model intersects rays with its own scene sphere."""
     latent_dim: int = 256
     """Size of each image's latent code (the paper leaves it open; 256 as suggested for faces)."""
     latent_init_std: float = 0.01
+    """Standard deviation of the latent codes at the start (GLO: small, so that codes start near each other)."""
     num_layers: int = 8
+    """Layers of the foreground MLP (the latent joins at the input and at the skip layer)."""
     width: int = 256
+    """Width of the foreground MLP."""
     num_frequencies: int = 10
+    """Positional-encoding frequencies of the 3D position."""
     background_layers: int = 4
+    """Layers of the latent-conditioned background MLP."""
     background_width: int = 128
+    """Width of the background MLP."""
     num_coarse_samples: int = 64
+    """Uniform samples per ray in the foreground sphere (they only place the fine samples)."""
     num_fine_samples: int = 64
+    """Importance samples per ray, drawn from the coarse pass's weights."""
     num_background_samples: int = 32
+    """Samples per ray in the background shell."""
     background_depth: float = 2.0
     """Thickness of the background shell behind the foreground sphere."""
     mask_loss_weight: float = 1.0
+    """Weight of the mask loss (foreground opacity against the segmentation mask)."""
     hard_surface_loss_weight: float = 0.1
+    """Weight of the hard-surface loss on the foreground weights (pushes them to 0 or 1)."""
     hard_surface_start_step: int = 500
     """The hard-surface loss waits until a rough shape exists, else it can freeze an empty scene."""
 

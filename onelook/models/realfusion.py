@@ -42,7 +42,8 @@ SHADINGS = ("albedo", "textureless", "lambertian")
 @dataclass
 class RealFusionModelConfig(ModelConfig):
     _target: type = field(default_factory=lambda: RealFusionModel)
-    enable_collider: bool = False  # rays are cut to the scene sphere by the model
+    enable_collider: bool = False
+    """Off: the model cuts rays to its own scene sphere."""
     sd_model: str = DEFAULT_SD_MODEL
     """Stable Diffusion: a hub id (needs the internet or a filled cache) or a local folder."""
     embedding: Path | None = None
@@ -52,35 +53,53 @@ class RealFusionModelConfig(ModelConfig):
     inversion_accumulation: int = 4
     """Images averaged per textual-inversion step (the released code: batch 1 x 4 accumulated)."""
     prompt: str = "a high-resolution DSLR image of a {token}"
+    """The prior's prompt; ", <front|side|back|overhead|bottom> view" is appended per random view."""
     guidance_scale: float = 100.0
+    """Classifier-free guidance scale of score distillation (DreamFusion and RealFusion: 100)."""
     t_range: tuple[float, float] = (0.02, 0.98)
+    """Range of diffusion timesteps (fractions of the schedule) score distillation draws from."""
     half_precision: bool | None = None
     """Stable Diffusion in fp16; default: on CUDA only."""
     attention_slicing: bool = True
+    """Compute the UNet's attention in slices (less memory, slightly slower)."""
     vae_tiling: bool = False
+    """Encode large images with the VAE tile by tile (less memory)."""
     # field
     implementation: str = "tcnn"
     """Hash grid: tiny-cuda-nn when installed (falls back to PyTorch), or "torch"."""
     num_levels: int = 16
+    """Hash-grid levels."""
     log2_hashmap_size: int = 16
+    """log2 of the hash table size per level."""
     max_res: int = 1024
+    """Resolution of the finest hash-grid level."""
     hidden_dim: int = 64
+    """Width of the MLPs after the hash grid."""
     # sampling
     num_coarse_samples: int = 64
+    """Uniform samples per ray in the scene sphere (they only place the fine samples)."""
     num_fine_samples: int = 64
+    """Importance samples per ray, drawn from the coarse pass's weights."""
     # losses (weights as in the released code)
     rgb_loss_weight: float = 5.0
+    """Weight of the reference view's colour loss (on the foreground)."""
     mask_loss_weight: float = 0.5
+    """Weight of the reference view's mask loss (opacity against the mask)."""
     sds_loss_weight: float = 1.0
+    """Weight of score distillation on the random views (0: the reference view alone)."""
     normal_smoothness_weight: float = 0.5
+    """Weight of the normal-smoothness loss (rendered normals against their blurred copy)."""
     orientation_weight: float = 1e-2
+    """Weight of the orientation loss (normals facing away from the camera where there is density)."""
     entropy_weight: float = 1e-4
+    """Weight of the opacity-entropy loss (opacity pushed to 0 or 1)."""
     # schedules
     coarse_to_fine_step: int = 3000
     """Until this step only the coarser half of the hash-grid levels is used."""
     albedo_steps: int = 1000
     """Shading is plain albedo until this step; after it 20% albedo, 40% textureless, 40% Lambertian."""
     ambient: float = 0.1
+    """Ambient light of the Lambertian and textureless shadings."""
 
 
 class RealFusionModel(Model):
@@ -172,12 +191,10 @@ class RealFusionModel(Model):
 
     def diffusion_model(self):
         """The Stable Diffusion prior, loaded once per process (shared by every model that asks for it)."""
-        from onelook.guidance.stable_diffusion import StableDiffusionPrior
+        from onelook.guidance.stable_diffusion import shared_prior
 
         cfg = self.config
-        return StableDiffusionPrior.shared(
-            cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling
-        )
+        return shared_prior(cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling)
 
     def reference_on_white(self) -> np.ndarray:
         """The photo's object on white at Stable Diffusion's resolution (what textual inversion learns from)."""
