@@ -19,9 +19,8 @@ that someone hands over cannot execute code on load.
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -79,11 +78,6 @@ class UnsafeRunConfigError(ValueError):
     """A run's config.yml asks for something outside the allow-list (or is not a config at all)."""
 
 
-def _resolve(dotted: str) -> Any:
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _refuse(tag: str, suffix: str, node: yaml.Node) -> ConstructorError:
     return ConstructorError(
         None, None, f"refusing '!!python/{tag}:{suffix}': not a config class that onelook allows", node.start_mark
@@ -96,7 +90,7 @@ class _RunConfigLoader(yaml.SafeLoader):
     def construct_config(self, suffix: str, node: yaml.Node):
         if suffix not in CONFIG_CLASSES or not isinstance(node, yaml.MappingNode):
             raise _refuse("object", suffix, node)
-        cls = _resolve(suffix)
+        cls = pkgutil.resolve_name(suffix)
         instance = cls.__new__(cls)
         yield instance  # first, so that anchors inside the mapping can refer back to it
         instance.__dict__.update(self.construct_mapping(node, deep=True))
@@ -104,13 +98,13 @@ class _RunConfigLoader(yaml.SafeLoader):
     def construct_apply(self, suffix: str, node: yaml.Node):
         if suffix not in APPLY_CONSTRUCTORS or not isinstance(node, yaml.SequenceNode):
             raise _refuse("object/apply", suffix, node)
-        constructor = Path if suffix.startswith("pathlib.") else _resolve(suffix)
+        constructor = Path if suffix.startswith("pathlib.") else pkgutil.resolve_name(suffix)
         return constructor(*self.construct_sequence(node, deep=True))
 
     def construct_name(self, suffix: str, node: yaml.Node):
         if suffix not in CONFIG_CLASSES | REFERENCED_NAMES | APPLY_CONSTRUCTORS:
             raise _refuse("name", suffix, node)
-        return _resolve(suffix)
+        return pkgutil.resolve_name(suffix)
 
 
 _RunConfigLoader.add_multi_constructor("tag:yaml.org,2002:python/object:", _RunConfigLoader.construct_config)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
-import importlib
 import multiprocessing
 import os
+import pkgutil
 import signal
 import traceback
 from collections.abc import AsyncIterator
@@ -52,11 +52,6 @@ class JobResult:
     value: Any
 
 
-def _resolve(dotted: str):
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _release_memory() -> None:
     """Hands freed memory back to the system between jobs, so an idle worker holds only what it caches."""
     gc.collect()
@@ -70,7 +65,7 @@ def _serve(connection, factory: str, args: tuple) -> None:
     """The worker's main loop: build the job object, say "ready", then run jobs until the pipe closes."""
     os.nice(WORKER_NICENESS)
     try:
-        jobs = _resolve(factory)(*args)
+        jobs = pkgutil.resolve_name(factory)(*args)
     except Exception as exc:
         connection.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -113,10 +108,6 @@ class WorkerProcess:
         child.close()
         self._connection = parent
         self._ready = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def stop(self) -> None:
         """Kills the worker at once (whatever it is doing) and starts a fresh one."""
