@@ -160,6 +160,25 @@ def find_run(run_dir: Path) -> tuple[Path, Path]:
     return config, checkpoints[-1]
 
 
+def _match_hash_grid_implementation(model_config, state: dict, checkpoint_path: Path) -> None:
+    """Builds a model's hash grid with the implementation its checkpoint was trained with. tiny-cuda-nn's and
+    PyTorch's hash grids share no parameter layout (tiny-cuda-nn indexes coarse levels densely, sizes each
+    level's table to fit and offsets its grid by half a cell), so one cannot be loaded into the other."""
+    if not hasattr(model_config, "implementation"):
+        return
+    from nerfstudio.utils.external import TCNN_EXISTS
+
+    trained_with_tcnn = any(key.endswith("tcnn_encoding.params") for key in state)
+    if trained_with_tcnn and not TCNN_EXISTS:
+        raise ValueError(
+            f"{checkpoint_path} was trained with tiny-cuda-nn's hash grid, which is not installed here; its "
+            "parameters have another layout than the PyTorch hash grid's, so the run loads only where tiny-cuda-nn "
+            "is installed (a CUDA machine: see the README). To train a run that loads anywhere, pass "
+            "--pipeline.model.implementation torch."
+        )
+    model_config.implementation = "tcnn" if trained_with_tcnn else "torch"
+
+
 def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
     """The trained model of a run, without its dataset or anything else the trainer builds.
 
@@ -177,6 +196,7 @@ def load_model(run_dir: Path, expected: type, device: str | torch.device | None 
     state = {
         k[len(prefix) :]: v for k, v in load_checkpoint(checkpoint_path)["pipeline"].items() if k.startswith(prefix)
     }
+    _match_hash_grid_implementation(config.pipeline.model, state, checkpoint_path)
     radius = float(state["scene_radius_buffer"])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = config.pipeline.model.setup(

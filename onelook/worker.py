@@ -75,16 +75,24 @@ def _serve(connection, factory: str, args: tuple) -> None:
             name, job_args = connection.recv()
         except (EOFError, OSError):
             return
+        # The last message (a result or an error) is sent once the job's memory is released, so that a worker
+        # whose result has arrived is back to its idle size.
+        last = ("end", None)
         try:
             for message in getattr(jobs, name)(*job_args):
-                connection.send(("message", message))
-            connection.send(("end", None))
+                if isinstance(message, JobResult):
+                    last = ("result", message)
+                else:
+                    connection.send(("message", message))
         except JobError as exc:
-            connection.send(("error", str(exc)))
+            last = ("error", str(exc))
         except Exception as exc:
-            connection.send(("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-2000:]}"))
-        finally:
-            _release_memory()
+            last = ("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-2000:]}")
+        _release_memory()
+        if last[0] == "result":
+            connection.send(("message", last[1]))
+            last = ("end", None)
+        connection.send(last)
 
 
 class WorkerProcess:

@@ -286,8 +286,8 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
     )
     model.train()
     for step in range(250):
-        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
         optimizer.zero_grad()
+        _, loss_dict, _ = pipeline.get_train_loss_dict(step)
         sum(loss_dict.values()).backward()
         optimizer.step()
     model.eval()
@@ -299,6 +299,52 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
     psnr = -10 * torch.log10(error)
     assert psnr > 20.0, f"reference view PSNR inside the mask {psnr:.1f} dB"
     assert (outputs["accumulation"][..., 0][mask] > 0.5).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("albedo_steps", [10**6, 0], ids=["albedo", "shaded"])
+def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, albedo_steps):
+    """The prior view rendered without gradients, scored, then re-rendered in uneven chunks: every parameter's
+    gradient (prior view and reference view together) equals the one-graph rendering's."""
+    import random
+
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.pipeline.datamanager.data = object_photo
+    config.pipeline.datamanager.dataparser.image_size = 32
+    config.pipeline.datamanager.dataparser.cache_dir = tmp_path
+    config.pipeline.datamanager.prior_view_size = 16
+    config.pipeline.datamanager.train_num_rays_per_batch = 64
+    model = config.pipeline.model
+    model.implementation, model.log2_hashmap_size, model.max_res = "torch", 12, 128
+    model.num_coarse_samples = model.num_fine_samples = 12
+    model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
+    model.albedo_steps, model.coarse_to_fine_step = albedo_steps, 0
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model = pipeline.model
+    model.prior()
+    model.train()
+    for sampler in (model.sampler_coarse, model.sampler_fine):
+        sampler.eval()  # no jitter: both renderings place the same samples
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+
+    def gradients(chunk: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        model.config.prior_view_chunk = chunk
+        model._rng = random.Random(1)  # the same shading
+        torch.manual_seed(2)  # the same light, timestep and noise
+        model.zero_grad(set_to_none=True)
+        losses = model.get_loss_dict(model(ray_bundle), batch)
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return grads, {name: value.item() for name, value in losses.items()}
+
+    one_pass, one_pass_losses = gradients(0)
+    two_pass, two_pass_losses = gradients(100)  # 256 rays: chunks of 100, 100 and 56
+    assert "sds_loss" in one_pass_losses and one_pass_losses == pytest.approx(two_pass_losses, rel=1e-5)
+    assert one_pass.keys() == two_pass.keys() and any(name.startswith("field.encoding") for name in one_pass)
+    for name, grad in one_pass.items():
+        # Equal up to float32 summation order (the chunks add the same terms in another order).
+        assert (two_pass[name] - grad).norm() <= 1e-4 * grad.norm() + 1e-12, name
 
 
 @pytest.mark.slow
@@ -349,6 +395,30 @@ def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_pa
     import trimesh
 
     assert len(trimesh.load(out / "mesh.ply", force="mesh").faces) > 50
+    if precision == "False":
+        check_a_tiny_cuda_nn_run_is_refused_clearly(run, tmp_path)
+
+
+def check_a_tiny_cuda_nn_run_is_refused_clearly(run: Path, tmp_path: Path) -> None:
+    """The same run as a GPU with tiny-cuda-nn writes it (its hash grid under `tcnn_encoding.params`, flat):
+    without tiny-cuda-nn it is refused, naming the cause and the way out."""
+    import shutil
+
+    from nerfstudio.utils.external import TCNN_EXISTS
+
+    from onelook.realfusion.result import RealFusionResult
+
+    if TCNN_EXISTS:
+        pytest.skip("tiny-cuda-nn is installed: such a run loads")
+    gpu_run = tmp_path / "gpu-run"
+    shutil.copytree(run, gpu_run)
+    checkpoint = next(gpu_run.rglob("step-*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=False)  # our own test file
+    table = saved["pipeline"].pop("_model.field.encoding.hash_table")
+    saved["pipeline"]["_model.field.encoding.tcnn_encoding.params"] = table.flatten()
+    torch.save(saved, checkpoint)
+    with pytest.raises(ValueError, match="trained with tiny-cuda-nn's hash grid, which is not installed here"):
+        RealFusionResult.from_run(gpu_run, device="cpu")
 
 
 def test_missing_weights_fail_before_anything_is_written(object_photo, tmp_path):

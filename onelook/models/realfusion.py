@@ -13,13 +13,14 @@ token comes from `embedding`, or from textual inversion on the photo when none i
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
@@ -80,6 +81,10 @@ class RealFusionModelConfig(ModelConfig):
     """Uniform samples per ray in the scene sphere (they only place the fine samples)."""
     num_fine_samples: int = 64
     """Importance samples per ray, drawn from the coarse pass's weights."""
+    prior_view_chunk: int = 4096
+    """Rays per chunk when the prior view is rendered in two passes: once without gradients (scored by the
+    prior and the regularisers), then again chunk by chunk, each chunk back-propagating its share of the
+    image's gradient, so memory is that of one chunk. 0: one pass, the whole view in one autograd graph."""
     # losses (weights as in the released code)
     rgb_loss_weight: float = 5.0
     """Weight of the reference view's colour loss (on the foreground)."""
@@ -151,16 +156,22 @@ class RealFusionModel(Model):
 
     # --- rendering --------------------------------------------------------------------------------------
 
-    def render_rays(self, ray_bundle: RayBundle, shading: str = "albedo", normals: bool = False) -> dict[str, Tensor]:
-        """Foreground colour (premultiplied), opacity, depth and, when asked, normals and the samples' terms
-        for the orientation loss. Shading other than albedo needs normals."""
+    def place_samples(self, ray_bundle: RayBundle) -> RaySamples:
+        """Uniform samples in the scene sphere, then importance samples where their weights are (no gradient
+        reaches the placement)."""
         ray_bundle.nears, ray_bundle.fars = sphere_interval(
             ray_bundle.origins, ray_bundle.directions, self.scene_radius
         )
         coarse = self.sampler_coarse(ray_bundle)
         with torch.no_grad():
             weights_c = coarse.get_weights(self.field.get_density(coarse)[0])
-        samples = self.sampler_fine(ray_bundle, coarse, weights_c)
+        return self.sampler_fine(ray_bundle, coarse, weights_c)
+
+    def render_samples(
+        self, samples: RaySamples, shading: str = "albedo", normals: bool = False, light: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Foreground colour (premultiplied), opacity, depth and, when asked, normals and the samples' terms
+        for the orientation loss. Shading other than albedo needs normals and a `light` direction (3,)."""
         density, albedo_logits = self.field.get_density(samples)
         weights = samples.get_weights(density)
         albedo = torch.sigmoid(albedo_logits)
@@ -171,14 +182,17 @@ class RealFusionModel(Model):
             facing = (sample_normals * samples.frustums.directions).sum(-1, keepdim=True)
             out["orientation"] = (weights.detach() * F.relu(facing) ** 2).sum(dim=-2)
             if shading != "albedo":
-                light = ray_bundle.origins[:1] + torch.randn(1, 3, device=albedo.device)  # near the camera
-                lambert = F.relu((sample_normals * F.normalize(light, dim=-1)[:, None]).sum(-1, keepdim=True))
+                lambert = F.relu((sample_normals * light).sum(-1, keepdim=True))
                 shade = self.config.ambient + (1 - self.config.ambient) * lambert
                 albedo = shade if shading == "textureless" else albedo * shade
         out["rgb"] = (weights * albedo).sum(dim=-2)
         out["accumulation"] = self.renderer_accumulation(weights)
         out["depth"] = self.renderer_depth(weights, samples)
         return out
+
+    def render_rays(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
+        """Albedo, opacity and depth of a bundle of rays."""
+        return self.render_samples(self.place_samples(ray_bundle))
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
         """Reference and evaluation rays: albedo on a white background."""
@@ -244,17 +258,39 @@ class RealFusionModel(Model):
         }
         if not self.training or "prior_camera" not in batch or cfg.sds_loss_weight == 0:
             return loss
-        prior, texts, uncond = self.prior()
         camera = batch["prior_camera"]
-        size = int(camera.height[0, 0])
         bundle = camera.generate_rays(camera_indices=0, keep_shape=False)
         shading = "albedo" if self.step < cfg.albedo_steps else self._rng.choices(SHADINGS, (0.2, 0.4, 0.4))[0]
-        view = self.render_rays(bundle, shading, normals=cfg.normal_smoothness_weight > 0 or cfg.orientation_weight > 0)
-        background = self.field.background_rgb(bundle.directions)
-        rgb = view["rgb"] + (1.0 - view["accumulation"]) * background
-        image_chw = rgb.reshape(size, size, 3).permute(2, 0, 1)[None]
-        sds = prior.sds(image_chw, texts[batch["prior_view"]], uncond, cfg.guidance_scale, cfg.t_range)
-        loss["sds_loss"] = cfg.sds_loss_weight * sds.loss
+        light = None
+        if shading != "albedo":  # a point light near the camera
+            light = F.normalize(bundle.origins[0] + torch.randn(3, device=bundle.origins.device), dim=-1)
+        normals = cfg.normal_smoothness_weight > 0 or cfg.orientation_weight > 0
+
+        def render(rays: RayBundle, samples: RaySamples) -> dict[str, Tensor]:
+            out = self.render_samples(samples, shading, normals, light)
+            background = self.field.background_rgb(rays.directions)
+            view = {"rgb": out["rgb"] + (1.0 - out["accumulation"]) * background, "accumulation": out["accumulation"]}
+            view.update({key: out[key] for key in ("normals", "orientation") if key in out})
+            return view
+
+        def score(view: dict[str, Tensor]) -> dict[str, Tensor]:
+            return self._prior_view_losses(view, int(camera.height[0, 0]), batch["prior_view"])
+
+        if cfg.prior_view_chunk <= 0:
+            loss.update(score(render(bundle, self.place_samples(bundle))))
+        else:
+            loss.update(self._two_pass(bundle, render, score, cfg.prior_view_chunk))
+        return loss
+
+    def _prior_view_losses(self, view: dict[str, Tensor], size: int, view_label: str) -> dict[str, Tensor]:
+        """Score distillation on the composited view and the regularisers on its normals and opacity."""
+        cfg = self.config
+        prior, texts, uncond = self.prior()
+        image_chw = view["rgb"].reshape(size, size, 3).permute(2, 0, 1)[None]
+        loss = {
+            "sds_loss": cfg.sds_loss_weight
+            * prior.sds(image_chw, texts[view_label], uncond, cfg.guidance_scale, cfg.t_range).loss
+        }
         if "normals" in view:
             normals = view["normals"].reshape(size, size, 3).permute(2, 0, 1)[None]
             blurred = gaussian_blur(normals, kernel_size=9).detach()
@@ -264,6 +300,34 @@ class RealFusionModel(Model):
         entropy = -(alpha * alpha.log() + (1 - alpha) * (1 - alpha).log()).mean()
         loss["entropy_loss"] = cfg.entropy_weight * entropy
         return loss
+
+    def _two_pass(
+        self,
+        bundle: RayBundle,
+        render: Callable[[RayBundle, RaySamples], dict[str, Tensor]],
+        score: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+        chunk: int,
+    ) -> dict[str, Tensor]:
+        """Renders the view without gradients, scores it, then re-renders it chunk by chunk (at the same
+        samples) and back-propagates each chunk's share of the image's gradient into the field at once.
+        The gradients equal one pass's; the losses come back detached (their gradients are already in the
+        parameters), so the trainer's backward on the loss sum adds only the reference view's."""
+        parts = [bundle[start : start + chunk] for start in range(0, len(bundle), chunk)]
+        with torch.no_grad():
+            samples = [self.place_samples(part) for part in parts]
+            rendered = [render(part, part_samples) for part, part_samples in zip(parts, samples, strict=True)]
+        view = {key: torch.cat([r[key] for r in rendered]).requires_grad_() for key in rendered[0]}
+        del rendered
+        losses = score(view)
+        image_grads = torch.autograd.grad(sum(losses.values()), list(view.values()), allow_unused=True)
+        grads = dict(zip(view, image_grads, strict=True))
+        start = 0
+        for part, part_samples in zip(parts, samples, strict=True):
+            out = render(part, part_samples)
+            used = [(out[key], grad[start : start + len(part)]) for key, grad in grads.items() if grad is not None]
+            torch.autograd.backward([o for o, _ in used], [g for _, g in used])
+            start += len(part)
+        return {name: value.detach() for name, value in losses.items()}
 
     def get_image_metrics_and_images(self, outputs, batch) -> tuple[dict[str, float], dict[str, Tensor]]:
         image, mask = self._reference(batch)

@@ -117,8 +117,8 @@ def train_realfusion(
     for step in range(quality.iterations):
         for callback in callbacks:
             callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        optimizers.zero_grad_all()  # before the losses: the prior view back-propagates while they are computed
         _, loss_dict, _ = pipeline.get_train_loss_dict(step)
-        optimizers.zero_grad_all()
         sum(loss_dict.values()).backward()
         optimizers.optimizer_step_all()
         optimizers.scheduler_step_all(step)
