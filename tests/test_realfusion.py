@@ -32,6 +32,8 @@ TINY = [
     "16",
     "--pipeline.datamanager.prior-view-size",
     "16",
+    "--pipeline.model.prior-view-chunk",
+    "100",  # the 256-ray prior view in three chunks: two-pass rendering through nerfstudio's trainer
     "--pipeline.datamanager.train-num-rays-per-batch",
     "256",
     "--pipeline.model.coarse-to-fine-step",

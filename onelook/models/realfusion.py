@@ -81,10 +81,11 @@ class RealFusionModelConfig(ModelConfig):
     """Uniform samples per ray in the scene sphere (they only place the fine samples)."""
     num_fine_samples: int = 64
     """Importance samples per ray, drawn from the coarse pass's weights."""
-    prior_view_chunk: int = 4096
+    prior_view_chunk: int = 1024
     """Rays per chunk when the prior view is rendered in two passes: once without gradients (scored by the
     prior and the regularisers), then again chunk by chunk, each chunk back-propagating its share of the
-    image's gradient, so memory is that of one chunk. 0: one pass, the whole view in one autograd graph."""
+    image's gradient, so memory is that of one chunk. A view of at most this many rays, or 0: one pass, the
+    whole view in one autograd graph."""
     # losses (weights as in the released code)
     rgb_loss_weight: float = 5.0
     """Weight of the reference view's colour loss (on the foreground)."""
@@ -276,7 +277,7 @@ class RealFusionModel(Model):
         def score(view: dict[str, Tensor]) -> dict[str, Tensor]:
             return self._prior_view_losses(view, int(camera.height[0, 0]), batch["prior_view"])
 
-        if cfg.prior_view_chunk <= 0:
+        if cfg.prior_view_chunk <= 0 or len(bundle) <= cfg.prior_view_chunk:  # one graph holds the whole view
             loss.update(score(render(bundle, self.place_samples(bundle))))
         else:
             loss.update(self._two_pass(bundle, render, score, cfg.prior_view_chunk))
