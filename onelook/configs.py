@@ -24,15 +24,17 @@ from onelook.models.lolnerf import LOLNeRFModelConfig
 from onelook.models.realfusion import RealFusionModelConfig
 
 
+def _adam(lr: float, decay_steps: int | None = None) -> dict:
+    """Adam with nerfstudio's eps for NeRFs; with `decay_steps`, the rate decays exponentially to lr/10 over them."""
+    scheduler = (
+        None if decay_steps is None else ExponentialDecaySchedulerConfig(lr_final=lr / 10, max_steps=decay_steps)
+    )
+    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+
+
 def _lolnerf_trainer(
     method_name: str, model: LOLNeRFModelConfig, rays: int, iterations: int, field_lr: float, latent_lr: float
 ) -> TrainerConfig:
-    def adam(lr: float) -> dict:
-        return {
-            "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr / 10, max_steps=iterations),
-        }
-
     return TrainerConfig(
         method_name=method_name,
         max_num_iterations=iterations,
@@ -52,7 +54,7 @@ def _lolnerf_trainer(
             ),
             model=model,
         ),
-        optimizers={"fields": adam(field_lr), "latents": adam(latent_lr)},
+        optimizers={"fields": _adam(field_lr, iterations), "latents": _adam(latent_lr, iterations)},
         viewer=ViewerConfig(quit_on_train_completion=True),
         vis="tensorboard",
     )
@@ -106,10 +108,6 @@ class RealFusionTrainerConfig(TrainerConfig):
         super().save_config()
 
 
-def _adam(lr: float) -> dict:
-    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
-
-
 realfusion_method = MethodSpecification(
     config=RealFusionTrainerConfig(
         method_name="realfusion",
@@ -119,7 +117,9 @@ realfusion_method = MethodSpecification(
         steps_per_eval_all_images=1_000_000,
         steps_per_save=1000,
         save_only_latest_checkpoint=True,
-        mixed_precision=False,  # the diffusion model runs in its own precision; the hash grid in fp32
+        # The diffusion model runs in its own precision, the hash grid in fp32; and the prior view back-propagates
+        # while its losses are computed (two passes), where a gradient scaler would not scale it.
+        mixed_precision=False,
         pipeline=VanillaPipelineConfig(
             datamanager=PriorViewDataManagerConfig(
                 dataparser=ObjectImageDataParserConfig(),

@@ -172,9 +172,9 @@ def _match_hash_grid_implementation(model_config, state: dict, checkpoint_path: 
     if trained_with_tcnn and not TCNN_EXISTS:
         raise ValueError(
             f"{checkpoint_path} was trained with tiny-cuda-nn's hash grid, which is not installed here; its "
-            "parameters have another layout than the PyTorch hash grid's, so the run loads only where tiny-cuda-nn "
-            "is installed (a CUDA machine: see the README). To train a run that loads anywhere, pass "
-            "--pipeline.model.implementation torch."
+            "parameters are laid out differently from the PyTorch hash grid's, so the run loads only where "
+            "tiny-cuda-nn is installed (a CUDA machine; the README says how to install it). To train a run that "
+            "loads anywhere, pass --pipeline.model.implementation torch."
         )
     model_config.implementation = "tcnn" if trained_with_tcnn else "torch"
 

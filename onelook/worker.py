@@ -75,24 +75,23 @@ def _serve(connection, factory: str, args: tuple) -> None:
             name, job_args = connection.recv()
         except (EOFError, OSError):
             return
-        # The last message (a result or an error) is sent once the job's memory is released, so that a worker
+        # The result and the end (or the error) are sent once the job's memory is released, so that a worker
         # whose result has arrived is back to its idle size.
-        last = ("end", None)
+        result, end = None, ("end", None)
         try:
             for message in getattr(jobs, name)(*job_args):
                 if isinstance(message, JobResult):
-                    last = ("result", message)
+                    result = message
                 else:
                     connection.send(("message", message))
         except JobError as exc:
-            last = ("error", str(exc))
+            end = ("error", str(exc))
         except Exception as exc:
-            last = ("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-2000:]}")
+            end = ("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-2000:]}")
         _release_memory()
-        if last[0] == "result":
-            connection.send(("message", last[1]))
-            last = ("end", None)
-        connection.send(last)
+        if result is not None:
+            connection.send(("message", result))
+        connection.send(end)
 
 
 class WorkerProcess:

@@ -326,8 +326,7 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     model = pipeline.model
     model.prior()
     model.train()
-    for sampler in (model.sampler_coarse, model.sampler_fine):
-        sampler.eval()  # no jitter: both renderings place the same samples
+    model.sampler.eval()  # no jitter: both renderings place the same samples
     ray_bundle, batch = pipeline.datamanager.next_train(0)
 
     def gradients(chunk: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

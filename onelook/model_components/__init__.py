@@ -1,1 +1,1 @@
-"""Losses and rendering helpers shared by the methods."""
+"""Losses and ray sampling shared by the methods."""

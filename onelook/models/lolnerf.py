@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.ray_samplers import UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -26,6 +26,7 @@ from onelook.data.crop import DEFAULT_CROP_SCALE
 from onelook.field_components.latent_table import LatentTable
 from onelook.fields.lolnerf_field import LOLNeRFField
 from onelook.model_components.losses import hard_surface_loss, mask_loss
+from onelook.model_components.sampling import SphereSampler, sphere_interval  # noqa: F401 - sphere_interval's old home
 
 
 @dataclass
@@ -100,8 +101,7 @@ class LOLNeRFModel(Model):
             cfg.num_frequencies // 2,
             self.scene_radius + cfg.background_depth,
         )
-        self.sampler_coarse = UniformSampler(num_samples=cfg.num_coarse_samples)
-        self.sampler_fine = PDFSampler(num_samples=cfg.num_fine_samples)
+        self.sampler = SphereSampler(self.scene_radius, cfg.num_coarse_samples, cfg.num_fine_samples)
         self.sampler_background = UniformSampler(num_samples=cfg.num_background_samples)
         self.renderer_rgb = RGBRenderer(background_color="black")  # black: what is left is composited below
         self.renderer_accumulation = AccumulationRenderer()
@@ -147,16 +147,7 @@ class LOLNeRFModel(Model):
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
         latent = self.latents_for(ray_bundle)
         ray_bundle.metadata = {**(ray_bundle.metadata or {}), "latent": latent}
-        ray_bundle.nears, ray_bundle.fars = sphere_interval(
-            ray_bundle.origins, ray_bundle.directions, self.scene_radius
-        )
-
-        # One field serves both passes (as in mip-NeRF): the coarse pass only places the importance samples,
-        # and the fine pass re-evaluates the coarse samples too, so gradients are needed on the fine pass only.
-        coarse = self.sampler_coarse(ray_bundle)
-        with torch.no_grad():
-            weights_c = coarse.get_weights(self.foreground.get_density(coarse)[0])
-        fine = self.sampler_fine(ray_bundle, coarse, weights_c)
+        fine = self.sampler(ray_bundle, lambda samples: self.foreground.get_density(samples)[0])
         density, features = self.foreground.get_density(fine)
         weights = fine.get_weights(density)
         rgb_foreground = self.renderer_rgb(rgb=self.foreground.rgb_from(features), weights=weights)
@@ -213,15 +204,3 @@ class LOLNeRFModel(Model):
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
         }
         return metrics, images
-
-
-def sphere_interval(origins: Tensor, directions: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-    """Near and far distances of rays through a sphere at the origin; a ray that misses gets an empty interval
-    at its closest approach, so that the background shell still starts behind the object."""
-    a = (directions * directions).sum(dim=-1, keepdim=True)
-    b = (origins * directions).sum(dim=-1, keepdim=True)
-    c = (origins * origins).sum(dim=-1, keepdim=True) - radius**2
-    closest = -b / a
-    half = torch.sqrt((b * b - a * c).clamp(min=0.0)) / a
-    nears = (closest - half).clamp(min=1e-3)
-    return nears, torch.maximum(closest + half, nears + 1e-4)

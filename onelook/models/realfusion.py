@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -35,7 +34,7 @@ from onelook.data.prior_views import VIEW_LABELS
 from onelook.fields.realfusion_field import RealFusionField
 from onelook.guidance.stable_diffusion import DEFAULT_SD_MODEL
 from onelook.model_components.losses import mask_loss
-from onelook.models.lolnerf import sphere_interval
+from onelook.model_components.sampling import SphereSampler
 
 SHADINGS = ("albedo", "textureless", "lambertian")
 
@@ -125,8 +124,7 @@ class RealFusionModel(Model):
             implementation=cfg.implementation,
         )
         self.field.set_active_levels(cfg.num_levels // 2 if cfg.coarse_to_fine_step > 0 else cfg.num_levels)
-        self.sampler_coarse = UniformSampler(num_samples=cfg.num_coarse_samples)
-        self.sampler_fine = PDFSampler(num_samples=cfg.num_fine_samples)
+        self.sampler = SphereSampler(self.scene_radius, cfg.num_coarse_samples, cfg.num_fine_samples)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="expected")
         self.step = 0
@@ -160,13 +158,7 @@ class RealFusionModel(Model):
     def place_samples(self, ray_bundle: RayBundle) -> RaySamples:
         """Uniform samples in the scene sphere, then importance samples where their weights are (no gradient
         reaches the placement)."""
-        ray_bundle.nears, ray_bundle.fars = sphere_interval(
-            ray_bundle.origins, ray_bundle.directions, self.scene_radius
-        )
-        coarse = self.sampler_coarse(ray_bundle)
-        with torch.no_grad():
-            weights_c = coarse.get_weights(self.field.get_density(coarse)[0])
-        return self.sampler_fine(ray_bundle, coarse, weights_c)
+        return self.sampler(ray_bundle, lambda samples: self.field.get_density(samples)[0])
 
     def render_samples(
         self, samples: RaySamples, shading: str = "albedo", normals: bool = False, light: Tensor | None = None
