@@ -303,11 +303,11 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
     assert (outputs["accumulation"][..., 0][mask] > 0.5).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("albedo_steps", [10**6, 0], ids=["albedo", "shaded"])
-def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, albedo_steps):
+@pytest.mark.parametrize("shading", ["albedo", "textureless", "lambertian"])
+def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, shading):
     """The prior view rendered without gradients, scored, then re-rendered in uneven chunks: every parameter's
-    gradient (prior view and reference view together) equals the one-graph rendering's."""
-    import random
+    gradient (prior view and reference view together) equals the one-graph rendering's, in every shading."""
+    from types import SimpleNamespace
 
     from onelook.configs import realfusion_method
 
@@ -321,7 +321,7 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     model.implementation, model.log2_hashmap_size, model.max_res = "torch", 12, 128
     model.num_coarse_samples = model.num_fine_samples = 12
     model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
-    model.albedo_steps, model.coarse_to_fine_step = albedo_steps, 0
+    model.albedo_steps, model.coarse_to_fine_step = 0, 0
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipeline.model
     model.prior()
@@ -331,7 +331,7 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
 
     def gradients(chunk: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         model.config.prior_view_chunk = chunk
-        model._rng = random.Random(1)  # the same shading
+        model._rng = SimpleNamespace(choices=lambda *_: [shading])  # the model's draw of a shading, made for it
         torch.manual_seed(2)  # the same light, timestep and noise
         model.zero_grad(set_to_none=True)
         losses = model.get_loss_dict(model(ray_bundle), batch)
@@ -343,9 +343,14 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     two_pass, two_pass_losses = gradients(100)  # 256 rays: chunks of 100, 100 and 56
     assert "sds_loss" in one_pass_losses and one_pass_losses == pytest.approx(two_pass_losses, rel=1e-5)
     assert one_pass.keys() == two_pass.keys() and any(name.startswith("field.encoding") for name in one_pass)
+    # Equal up to float32 rounding, which batch sizes change: 1e-6 relative for albedo. Shaded views go through
+    # finite-difference normals, normalised even where the density is nearly flat (empty space) and passed
+    # through the ReLU of the Lambertian term, so rounding moves their gradients by up to 0.3% in either
+    # rendering (two chunkings of the same view differ from each other as much); dropping a chunk moves them
+    # by tens of percent.
+    tolerance = 1e-4 if shading == "albedo" else 1e-2
     for name, grad in one_pass.items():
-        # Equal up to float32 summation order (the chunks add the same terms in another order).
-        assert (two_pass[name] - grad).norm() <= 1e-4 * grad.norm() + 1e-12, name
+        assert (two_pass[name] - grad).norm() <= tolerance * grad.norm() + 1e-12, name
 
 
 @pytest.mark.slow
