@@ -129,7 +129,7 @@ def time_iterations(size: int, iterations: int, samples: int, chunk: int) -> dic
 
 
 def run_case(size: int, iterations: int, samples: int, chunk: int, memory_limit_gb: float | None = None) -> dict:
-    """One case in its own process (its peak memory is its own); None values when it ran out of memory."""
+    """One case in its own process (its peak memory is its own); `out_of_memory` when it hit the limit."""
     command = [sys.executable, __file__, "--child", str(size), "--iterations", str(iterations)]
     command += ["--samples", str(samples), "--chunk", str(chunk)]
     if memory_limit_gb:
@@ -137,7 +137,7 @@ def run_case(size: int, iterations: int, samples: int, chunk: int, memory_limit_
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         if "can't allocate memory" in out.stderr or "MemoryError" in out.stderr or out.returncode == -9:
-            return {"size": size, "chunk": chunk, "out_of_memory": True}
+            return {"chunk": chunk, "out_of_memory": True}
         raise RuntimeError(out.stderr[-3000:])
     return {"chunk": chunk, "out_of_memory": False, **json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=SAMPLES, help=argparse.SUPPRESS)
-    parser.add_argument("--chunk", type=int, default=4096, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-limit-gb", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -237,10 +237,16 @@ class StableDiffusionPrior:
         return SDSOutput(loss=loss, timestep=int(t))
 
 
-def shared_prior(*settings) -> StableDiffusionPrior:
-    """`StableDiffusionPrior.load(*settings)`, once per process and settings: the demo app's worker keeps the
-    prior between requests. Safe to share: users only add tokens (`add_token` re-initialises one that exists)."""
-    key = tuple(str(setting) for setting in settings)
+def shared_prior(
+    model: str | Path = DEFAULT_SD_MODEL,
+    device: str | torch.device = "cpu",
+    half_precision: bool | None = None,
+    attention_slicing: bool = True,
+    vae_tiling: bool = False,
+) -> StableDiffusionPrior:
+    """`StableDiffusionPrior.load`, once per process and settings: the demo app's worker keeps the prior between
+    requests. Safe to share: users only add tokens (`add_token` re-initialises one that exists)."""
+    key = (str(model), str(torch.device(device)), half_precision, attention_slicing, vae_tiling)
     if key not in _SHARED:
-        _SHARED[key] = StableDiffusionPrior.load(*settings)
+        _SHARED[key] = StableDiffusionPrior.load(model, device, half_precision, attention_slicing, vae_tiling)
     return _SHARED[key]

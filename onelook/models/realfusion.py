@@ -280,10 +280,8 @@ class RealFusionModel(Model):
         cfg = self.config
         prior, texts, uncond = self.prior()
         image_chw = view["rgb"].reshape(size, size, 3).permute(2, 0, 1)[None]
-        loss = {
-            "sds_loss": cfg.sds_loss_weight
-            * prior.sds(image_chw, texts[view_label], uncond, cfg.guidance_scale, cfg.t_range).loss
-        }
+        sds = prior.sds(image_chw, texts[view_label], uncond, cfg.guidance_scale, cfg.t_range)
+        loss = {"sds_loss": cfg.sds_loss_weight * sds.loss}
         if "normals" in view:
             normals = view["normals"].reshape(size, size, 3).permute(2, 0, 1)[None]
             blurred = gaussian_blur(normals, kernel_size=9).detach()
