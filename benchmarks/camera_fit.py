@@ -12,6 +12,9 @@ length; the oracle runs SQPnP with the category's mean keypoints and the true fo
 and 90th-percentile rotation errors and their ratios to the oracle's (targets: 1.2 and 1.5), and the same fit
 given the true focal length, which tells an error of the focal estimate from one of the poses and shape.
 
+`onelook synth`'s categories (heads, animals, cars): the same measures on 300 identities of each, with their
+own keypoint layouts, focal lengths and view ranges, and the keypoints' variation between identities.
+
 Run: `.venv/bin/python benchmarks/camera_fit.py [--n 10000] [--threads 2] [--skip-rigid] [--skip-varying]`.
 """
 
@@ -26,8 +29,10 @@ import torch
 
 from onelook.cameras import fit_cameras
 from onelook.cameras.geometry import look_at, orbit_positions, project, rotation_errors_deg
-from onelook.data.keypoint_categories import LAYOUTS, KeypointViews
+from onelook.cameras.pose import estimate_pose
+from onelook.data.keypoint_categories import LAYOUTS
 from onelook.data.keypoint_categories import make_views as category_views
+from onelook.data.synthetic import CATEGORIES, keypoint_views
 
 SHAPE = np.array([[-0.45, 0.0, 0.15], [0.45, 0.0, 0.15], [0.0, -0.35, -0.1], [-0.3, -0.1, -0.35], [0.3, -0.1, -0.35]])
 SIZE = 128
@@ -45,22 +50,9 @@ def make_views(n: int, noise: float, outliers: float, seed: int):
     return uv, c2w, bad
 
 
-def oracle(uv: np.ndarray, shape: np.ndarray = SHAPE, focal: float = FOCAL, size: int = SIZE) -> np.ndarray:
-    """Per-image SQPnP with the true shape and intrinsics; returns OpenGL camera-to-world rotations."""
-    intrinsics = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
-    cv_to_gl = np.diag([1.0, -1.0, -1.0])
-    rotations = np.empty((len(uv), 3, 3))
-    for i, points in enumerate(uv):
-        # OpenCV's pixel centres sit at integer coordinates: ours (corner origin) minus 0.5.
-        _, rvec, _ = cv2.solvePnP(shape, points - 0.5, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
-        rotations[i] = cv2.Rodrigues(rvec)[0].T @ cv_to_gl
-    return rotations
-
-
-def oracle_errors(views: KeypointViews) -> np.ndarray:
-    rotations = oracle(views.landmarks, views.mean_keypoints, views.focal_length, views.image_size[0])
-    c2w = np.concatenate([rotations, np.zeros((len(rotations), 3, 1))], axis=2)
-    return rotation_errors_deg(c2w, views.camera_to_world, views.mean_keypoints, views.mean_keypoints)
+def oracle(uv: np.ndarray) -> np.ndarray:
+    """Per-image SQPnP with the true shape and intrinsics; returns OpenGL camera-to-world matrices."""
+    return np.stack([estimate_pose(SHAPE, points, FOCAL, (SIZE, SIZE))[0] for points in uv])
 
 
 def varying_shapes(num: int = 300, seed: int = 3) -> None:
@@ -73,7 +65,7 @@ def varying_shapes(num: int = 300, seed: int = 3) -> None:
             for focal_factor in (0.8, 1.33, 3.0):
                 for noise in (0.0, 0.01):
                     views = category_views(layout, num, variation, focal_factor, noise, seed=seed)
-                    reference = oracle_errors(views)
+                    reference = views.oracle_rotation_errors()
                     fit = fit_cameras(views.landmarks, views.image_size)
                     errors = rotation_errors_deg(
                         fit.camera_to_world, views.camera_to_world, fit.canonical_points, views.mean_keypoints
@@ -100,6 +92,33 @@ def varying_shapes(num: int = 300, seed: int = 3) -> None:
         print(f"variation {variation:5.3f}: worst ratio to the oracle, median {worst[0]:.2f}, 90th pct {worst[1]:.2f}")
 
 
+def rendered_categories(num: int = 300, seed: int = 3) -> None:
+    """`onelook synth`'s categories (exact landmarks, each at its own focal length and view range)."""
+    print(f"\nonelook synth categories: {num} identities, exact landmarks; rotation error median / 90th pct")
+    header = ("category", "variation", "oracle", "fit", "ratio", "focal est", "f given")
+    print("{:9s} {:>9s} {:>12s} {:>12s} {:>11s} {:>9s} {:>12s}".format(*header))
+    for category in CATEGORIES:
+        views = keypoint_views(category, num, seed=seed)
+        mean = views.mean_keypoints
+        variation = np.sqrt(np.square(views.keypoints - mean).sum(axis=2).mean()) / np.ptp(mean, axis=0).max()
+        reference = views.oracle_rotation_errors()
+        fit = fit_cameras(views.landmarks, views.image_size)
+        given = fit_cameras(views.landmarks, views.image_size, focal_length=views.focal_length)
+        errors, given_errors = (
+            rotation_errors_deg(f.camera_to_world, views.camera_to_world, f.canonical_points, mean)
+            for f in (fit, given)
+        )
+        (o_med, o_p90), (med, p90), (g_med, g_p90) = [
+            (np.median(e), np.percentile(e, 90)) for e in (reference, errors, given_errors)
+        ]
+        print(
+            f"{category:9s} {variation:9.3f} {o_med:5.1f} {o_p90:5.1f}° {med:5.1f} {p90:5.1f}° "
+            f"{med / o_med:5.2f} {p90 / o_p90:5.2f} {fit.focal_length[0] / views.focal_length:8.2f}x "
+            f"{g_med:5.1f} {g_p90:5.1f}°",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -116,6 +135,7 @@ def main() -> None:
         rigid(args)
     if not args.skip_varying:
         varying_shapes()
+        rendered_categories()
 
 
 def rigid(args: argparse.Namespace) -> None:
@@ -123,11 +143,9 @@ def rigid(args: argparse.Namespace) -> None:
     fit_cameras(uv[:200], (SIZE, SIZE), focal_length=FOCAL)  # warm-up (first-call costs in torch)
 
     start = time.perf_counter()
-    oracle_rot = oracle(uv)
+    oracle_c2w = oracle(uv)
     oracle_s = time.perf_counter() - start
-    oracle_err = rotation_errors_deg(np.concatenate([oracle_rot, np.zeros((args.n, 3, 1))], axis=2), c2w, SHAPE, SHAPE)[
-        ~bad
-    ]
+    oracle_err = rotation_errors_deg(oracle_c2w, c2w, SHAPE, SHAPE)[~bad]
 
     rows = []
     for label, focal in (("onelook fit_cameras, focal given", FOCAL), ("onelook fit_cameras, focal estimated", None)):

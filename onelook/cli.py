@@ -31,8 +31,8 @@ def _prepare(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from onelook.data.synthetic import generate
 
-    generate(args.n, args.size, args.seed, args.out)
-    print(f"{args.n} synthetic views written to {args.out}")
+    generate(args.n, args.size, args.seed, args.out, category=args.category)
+    print(f"{args.n} synthetic {args.category} written to {args.out}")
     print(
         f"prepare them with: onelook prepare {args.out / 'images'} --out DATASET "
         f"--landmarks {args.out / 'landmarks.json'} --masks {args.out / 'masks'}"
@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=2, help="processes for per-image work (default 2)")
     prep.set_defaults(func=_prepare)
 
-    syn = sub.add_parser("synth", help="render a synthetic head-like category with exact ground truth")
+    syn = sub.add_parser("synth", help="render a synthetic category (heads, animals, cars) with exact ground truth")
+    syn.add_argument("--category", choices=["heads", "animals", "cars"], default="heads")
     syn.add_argument("--n", type=int, default=200, help="number of identities, one view each")
     syn.add_argument("--size", type=int, default=128)
     syn.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,9 @@ def estimate_pose(
         raise ValueError(f"need at least 4 landmarks to place the camera, got {int(valid.sum())}")
     height, width = image_size
     intrinsics = np.array([[focal_length, 0.0, width / 2.0], [0.0, focal_length, height / 2.0], [0.0, 0.0, 1.0]])
-    obj, img = canonical_points[valid], landmarks[valid] - 0.5  # OpenCV puts pixel centres at integers
+    # Landmarks and principal point are in the same corner-origin pixel frame, so no half-pixel shift is needed
+    # (shifting only the landmarks, to OpenCV's centre-origin frame, would move the principal point by 0.5 px).
+    obj, img = canonical_points[valid], landmarks[valid]
     ok, rvec, tvec = cv2.solvePnP(obj, img, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
     if not ok:
         raise ValueError("could not place a camera for these landmarks")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onelook.cameras.geometry import look_at, orbit_positions, project
+from onelook.cameras.geometry import look_at, orbit_positions, project, rotation_errors_deg
+from onelook.cameras.pose import estimate_pose
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,18 @@ class KeypointViews:
     image_size: tuple[int, int]
     keypoints: np.ndarray  # (N, K, 3) each identity's true keypoints
     mean_keypoints: np.ndarray  # (K, 3) the category's layout
+
+    def oracle_rotation_errors(self) -> np.ndarray:
+        """(N,) rotation errors in degrees of the camera fit's yardstick: each image's globally best pose
+        (SQPnP) for the category's mean keypoints at the true focal length. What no fit that must also find
+        the shape and the focal length can be expected to beat."""
+        c2w = np.stack(
+            [
+                estimate_pose(self.mean_keypoints, points, self.focal_length, self.image_size)[0]
+                for points in self.landmarks
+            ]
+        )
+        return rotation_errors_deg(c2w, self.camera_to_world, self.mean_keypoints, self.mean_keypoints)
 
 
 def make_views(

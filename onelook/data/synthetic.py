@@ -1,11 +1,15 @@
-"""A procedural object category with exact ground truth: head-like shapes rendered on the CPU.
+"""Procedural object categories with exact ground truth, rendered on the CPU (`onelook synth`).
 
-Each identity is an ellipsoid head with a nose, eyes, a mouth and a hair cap, with random proportions and
-colours. Its five keypoints sit at the same semantic places as the face landmarks used for real photos (outer
-eye corners, nose tip, mouth corners), so the whole LOLNeRF data path can be checked against true cameras,
-depth and masks. Rendering is ray casting with open3d's RaycastingScene (no display or GPU needed).
-Identity i of a seed is the same whatever else is generated, so held-out identities can be re-rendered from
-any camera for evaluation.
+- heads: an ellipsoid head with a nose, eyes, a mouth and a hair cap, with random proportions and colours.
+  Its five keypoints sit at the same semantic places as the face landmarks used for real photos (outer eye
+  corners, nose tip, mouth corners).
+- animals and cars (`onelook.data.synthetic_objects`): keypoints elsewhere (ear tips, eyes and nose; headlights,
+  mirrors and the top of the windscreen), other focal lengths and view ranges, so that no setting of the
+  camera fit or the model is tuned to one category.
+
+The whole LOLNeRF data path can be checked against true cameras, depth, masks and meshes. Rendering is ray
+casting with open3d's RaycastingScene (no display or GPU needed). Identity i of a seed and category is the
+same whatever else is generated, so held-out identities can be re-rendered from any camera for evaluation.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions, project
+from onelook.data.keypoint_categories import KeypointViews
+from onelook.data.synthetic_objects import SynthAnimal, SynthCar
 from onelook.landmarks.mediapipe_face import FACE_KEYPOINT_NAMES
 
-KEYPOINT_NAMES = FACE_KEYPOINT_NAMES  # the same semantic places as MediaPipe's face keypoints
-# Camera distribution of generated views (degrees, world units); the front of every head faces -Y.
+KEYPOINT_NAMES = FACE_KEYPOINT_NAMES  # the heads' keypoints: the same semantic places as MediaPipe's face keypoints
+# Camera distribution of the heads' views (degrees, world units); the front of every object faces -Y.
 YAW_RANGE = (-35.0, 35.0)
 PITCH_RANGE = (-15.0, 20.0)
 ROLL_RANGE = (-8.0, 8.0)
@@ -137,6 +143,34 @@ class SynthHead:
         return combined
 
 
+SynthObject = SynthHead | SynthAnimal | SynthCar
+
+
+@dataclass(frozen=True)
+class SynthCategory:
+    """What a category's identities are and how they are photographed: each from one random view around its
+    front at `distance`, with a focal length of `focal_factor` times the image side."""
+
+    object_type: type[SynthObject]
+    keypoint_names: tuple[str, ...]
+    focal_factor: float
+    distance: float
+    yaw_range: tuple[float, float]
+    pitch_range: tuple[float, float]
+    roll_range: tuple[float, float]
+
+
+CATEGORIES = {
+    "heads": SynthCategory(SynthHead, KEYPOINT_NAMES, FOCAL_FACTOR, DISTANCE, YAW_RANGE, PITCH_RANGE, ROLL_RANGE),
+    # A wide lens close up (a 45 degree field of view), looked at from a little below to well above.
+    "animals": SynthCategory(
+        SynthAnimal, SynthAnimal.KEYPOINT_NAMES, 1.2, 2.2, (-40.0, 40.0), (-10.0, 25.0), (-10.0, 10.0)
+    ),
+    # A long lens from afar (a 19 degree field of view), from the ground up to a first floor's height.
+    "cars": SynthCategory(SynthCar, SynthCar.KEYPOINT_NAMES, 3.0, 11.0, (-30.0, 30.0), (0.0, 25.0), (-4.0, 4.0)),
+}
+
+
 @dataclass
 class Render:
     rgb: np.ndarray  # (H, W, 3) float in [0, 1]
@@ -144,8 +178,8 @@ class Render:
     depth: np.ndarray  # (H, W) float32, distance along the optical axis; 0 on the background
 
 
-def render(head: SynthHead, camera_to_world: np.ndarray, focal: float, size: int) -> Render:
-    """Ray casts one view of `head` (OpenGL camera-to-world, square image of `size` pixels)."""
+def render(head: SynthObject, camera_to_world: np.ndarray, focal: float, size: int) -> Render:
+    """Ray casts one view of an object (OpenGL camera-to-world, square image of `size` pixels)."""
     mesh = head.mesh()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
@@ -172,39 +206,67 @@ def render(head: SynthHead, camera_to_world: np.ndarray, focal: float, size: int
     return Render(rgb=np.clip(rgb, 0.0, 1.0), mask=mask, depth=depth)
 
 
-def sample_view(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+def sample_view(
+    rng: np.random.Generator, category: SynthCategory = CATEGORIES["heads"]
+) -> tuple[np.ndarray, dict[str, float]]:
     """A random camera-to-world from the category's view distribution, and its yaw/pitch/roll."""
-    yaw, pitch, roll = rng.uniform(*YAW_RANGE), rng.uniform(*PITCH_RANGE), rng.uniform(*ROLL_RANGE)
+    yaw, pitch = rng.uniform(*category.yaw_range), rng.uniform(*category.pitch_range)
+    roll = rng.uniform(*category.roll_range)
     target = rng.uniform(-0.05, 0.05, 3)
-    c2w = look_at(orbit_positions(yaw, pitch, DISTANCE) + target, target)[0]
+    c2w = look_at(orbit_positions(yaw, pitch, category.distance) + target, target)[0]
     c, s = np.cos(np.radians(roll)), np.sin(np.radians(roll))
     c2w[:3, :3] = c2w[:3, :3] @ np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     return c2w, {"yaw": float(yaw), "pitch": float(pitch), "roll": float(roll)}
 
 
-def identity(seed: int, index: int) -> tuple[SynthHead, np.ndarray, dict[str, float]]:
-    """Identity `index` of the category drawn with `seed`, and the camera of its one training view."""
-    rng = np.random.default_rng([seed, index])
-    head = SynthHead.sample(rng)
-    c2w, angles = sample_view(rng)
+def identity(seed: int, index: int, category: str = "heads") -> tuple[SynthObject, np.ndarray, dict[str, float]]:
+    """Identity `index` of `category` drawn with `seed`, and the camera of its one training view."""
+    kind = _category(category)
+    rng = np.random.default_rng([seed, index] if category == "heads" else [seed, index, _CATEGORY_STREAMS[category]])
+    head = kind.object_type.sample(rng)
+    c2w, angles = sample_view(rng, kind)
     return head, c2w, angles
 
 
-def generate(n: int, size: int, seed: int, out: Path, progress: bool = True) -> Path:
+def keypoint_views(category: str, num: int, size: int = 64, seed: int = 0) -> KeypointViews:
+    """The keypoints of `num` identities of a category in their one view each, with everything a camera fit can
+    be checked against (no rendering: a test bed for `fit_cameras`)."""
+    kind = _category(category)
+    focal = kind.focal_factor * size
+    objects, cameras = zip(*(identity(seed, i, category)[:2] for i in range(num)), strict=True)
+    keypoints, c2w = np.array([o.keypoints() for o in objects]), np.array(cameras)
+    landmarks = np.concatenate(
+        [project(k, c[None], focal, (size, size))[0] for k, c in zip(keypoints, c2w, strict=True)]
+    )
+    return KeypointViews(landmarks, c2w, focal, (size, size), keypoints, keypoints.mean(axis=0))
+
+
+# Other categories draw from streams of their own, so that the heads' identities stay what they always were.
+_CATEGORY_STREAMS = {"animals": 1, "cars": 2}
+
+
+def _category(name: str) -> SynthCategory:
+    if name not in CATEGORIES:
+        raise ValueError(f"unknown category {name!r}; choose one of {', '.join(CATEGORIES)}")
+    return CATEGORIES[name]
+
+
+def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", progress: bool = True) -> Path:
     """Writes n single views (one per identity) with images, masks, depth, true cameras and keypoints.
 
     Layout: images/, masks/, depth/ (float32 .npy), synth.json (everything true), and landmarks.json (file
     name -> 5 [x, y] pixel keypoints), which `onelook prepare --landmarks` reads.
     """
+    kind = _category(category)
     if n < 1 or size < 16:
         raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
     out = Path(out)
     for sub in ("images", "masks", "depth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    focal = FOCAL_FACTOR * size
+    focal = kind.focal_factor * size
     frames, landmarks = [], {}
-    for i in tqdm(range(n), desc="rendering synthetic views", disable=not progress):
-        head, c2w, angles = identity(seed, i)
+    for i in tqdm(range(n), desc=f"rendering synthetic {category}", disable=not progress):
+        head, c2w, angles = identity(seed, i, category)
         view = render(head, c2w, focal, size)
         name = f"{i:05d}.png"
         Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / name)
@@ -221,14 +283,15 @@ def generate(n: int, size: int, seed: int, out: Path, progress: bool = True) -> 
                 "angles": angles,
                 "keypoints_2d": keypoints_2d.tolist(),
                 "keypoints_3d": keypoints_3d.tolist(),
-                "head": asdict(head),
+                "object": asdict(head),
             }
         )
     meta = {
         "seed": seed,
+        "category": category,
         "image_size": [size, size],
         "focal_length": focal,
-        "keypoint_names": list(KEYPOINT_NAMES),
+        "keypoint_names": list(kind.keypoint_names),
         "frames": frames,
     }
     (out / "synth.json").write_text(json.dumps(meta, indent=1))
