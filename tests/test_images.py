@@ -161,3 +161,24 @@ def test_exif_rotation_of_a_reduced_image(tmp_path, astronaut):
     img.save(tmp_path / "phone.jpg", exif=exif)
     loaded = load_image(tmp_path / "phone.jpg", max_side=512)
     assert loaded.rgb.shape == (400, 512, 3) and loaded.original_size == (2048, 1600)
+
+
+def test_focal_length_from_exif(tmp_path, astronaut):
+    """EXIF's 35 mm equivalent focal length becomes pixels through the image's diagonal, whatever its size or
+    orientation; a crop (the aspect ratio EXIF recorded is not the image's) or no tag gives None."""
+    photo = Image.fromarray(astronaut[:384])  # 512 wide, 384 high
+    exif = Image.Exif()
+    exif[0x8769] = {0xA405: 28, 0xA002: 4032, 0xA003: 3024}  # a phone's main camera, 4:3
+    photo.save(tmp_path / "a.jpg", exif=exif)
+    loaded = load_image(tmp_path / "a.jpg")
+    assert loaded.focal_length == pytest.approx(28 * 640 / np.hypot(36, 24))  # diagonal of 512x384: 640
+    exif[0x0112] = 6  # stored sideways: turned upright, the same field of view
+    photo.save(tmp_path / "b.jpg", exif=exif)
+    assert load_image(tmp_path / "b.jpg").focal_length == pytest.approx(loaded.focal_length)
+    assert load_image(tmp_path / "a.jpg", max_side=256).focal_length == pytest.approx(loaded.focal_length / 2, rel=0.01)
+
+    photo.crop((0, 0, 384, 384)).save(tmp_path / "cropped.jpg", exif=exif)
+    cropped = load_image(tmp_path / "cropped.jpg")
+    assert cropped.focal_length is None and any("cropped" in note for note in cropped.notes)
+    photo.save(tmp_path / "plain.jpg")
+    assert load_image(tmp_path / "plain.jpg").focal_length is None

@@ -17,6 +17,10 @@ MAX_SIDE = 4096  # larger images are downscaled on load (the methods work at a f
 MAX_PIXELS = 120_000_000
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 _BAND_ROWS = 512  # rows converted at a time from high bit depths
+# EXIF's FocalLengthIn35mmFilm is the focal length that gives a 36x24 mm film frame the photo's field of view
+# across the diagonal; it converts to pixels through the photo's own diagonal.
+_FILM_DIAGONAL_MM = float(np.hypot(36.0, 24.0))
+_EXIF_IFD, _FOCAL_35MM, _EXIF_WIDTH, _EXIF_HEIGHT = 0x8769, 0xA405, 0xA002, 0xA003
 _EXIF_TRANSPOSE = {  # EXIF orientation tag -> the transpose that turns the image upright (as ImageOps does)
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -38,6 +42,7 @@ class LoadedImage:
     original_size: tuple[int, int]  # (W, H) upright, before any downscaling: user coordinates refer to it
     alpha: np.ndarray | None = None  # (H, W) float in [0, 1] when the file had transparency
     notes: list[str] = field(default_factory=list)  # what was changed on load (rotation, conversion, ...)
+    focal_length: float | None = None  # pixels of `rgb`, from EXIF; None when it has none or it cannot be trusted
 
 
 def load_image(path: str | Path, max_side: int = MAX_SIDE) -> LoadedImage:
@@ -70,6 +75,7 @@ def load_image(path: str | Path, max_side: int = MAX_SIDE) -> LoadedImage:
         raise ImageError(f"corrupt or unreadable image: {exc}") from exc
 
     orientation = _exif_orientation(img)
+    focal_35mm = _exif_focal_35mm(img, notes)
     if orientation not in (None, 1):
         notes.append(f"turned upright by its EXIF orientation tag ({orientation})")
         if orientation in (5, 6, 7, 8):  # quarter turns swap the sides
@@ -91,7 +97,8 @@ def load_image(path: str | Path, max_side: int = MAX_SIDE) -> LoadedImage:
             if alpha is not None:
                 alpha = np.asarray(Image.fromarray(alpha).resize(new_size, Image.Resampling.BILINEAR))
         notes.append(f"downscaled from {width}x{height} to {new_size[0]}x{new_size[1]}")
-    return LoadedImage(rgb=rgb, original_size=(width, height), alpha=alpha, notes=notes)
+    focal = None if focal_35mm is None else focal_35mm * float(np.hypot(*rgb.shape[:2])) / _FILM_DIAGONAL_MM
+    return LoadedImage(rgb=rgb, original_size=(width, height), alpha=alpha, notes=notes, focal_length=focal)
 
 
 def _too_large(width: int, height: int) -> str:
@@ -157,6 +164,27 @@ def _exif_orientation(img: Image.Image) -> int | None:
         return img.getexif().get(0x0112)
     except Exception:  # malformed EXIF is not worth failing over
         return None
+
+
+def _exif_focal_35mm(img: Image.Image, notes: list[str]) -> float | None:
+    """The 35 mm equivalent focal length the camera wrote, if the image still shows the whole frame it took: a
+    crop keeps the tag but narrows the view, so an image whose aspect ratio differs from the one EXIF records
+    is not trusted (a resize keeps the ratio, and the conversion through the diagonal holds)."""
+    try:
+        exif = img.getexif().get_ifd(_EXIF_IFD)
+        focal = float(exif.get(_FOCAL_35MM) or 0.0)
+        recorded = (int(exif.get(_EXIF_WIDTH) or 0), int(exif.get(_EXIF_HEIGHT) or 0))
+    except Exception:  # malformed EXIF is not worth failing over
+        return None
+    if not 1.0 <= focal <= 2000.0:
+        return None
+    if (
+        min(recorded) > 0
+        and abs(recorded[0] / recorded[1] - img.size[0] / img.size[1]) > 0.01 * img.size[0] / img.size[1]
+    ):
+        notes.append("EXIF focal length not used: the image was cropped after it was taken")
+        return None
+    return focal
 
 
 def _to_rgb(img: Image.Image, source_mode: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -36,6 +36,7 @@ class PrepareReport:
     outliers: list[tuple[str, float]] = field(default_factory=list)  # (source, residual px)
     notes: list[tuple[str, str]] = field(default_factory=list)
     unmatched_landmarks: list[str] = field(default_factory=list)  # landmarks-file entries naming no image here
+    focal_source: str = "estimated from the landmarks"  # where the focal lengths came from, in words
     fit: CameraFit | None = None
 
     def __str__(self) -> str:
@@ -44,7 +45,7 @@ class PrepareReport:
             + (f" ({self.resumed} reused from an earlier run)" if self.resumed else "")
         ]
         if self.fit is not None:
-            lines.append(f"camera fit: {self.fit.summary()}")
+            lines.append(f"camera fit: {self.fit.summary()}; focal length {self.focal_source}")
         for reason, count in Counter(_reason_kind(r) for _, r in self.errors).most_common():
             lines.append(f"skipped {count}: {reason}")
         for source, reason in self.errors[:20]:
@@ -145,7 +146,8 @@ def prepare_dataset(
         raise ValueError(f"only {len(ok)} usable images; at least 3 are needed to fit cameras\n{report}")
     names = sorted(ok)
     keypoints = np.array([[[np.nan, np.nan] if p is None else p for p in ok[n].keypoints] for n in names])
-    report.fit = fit_cameras(keypoints, (size, size), focal_length=focal_length)
+    report.focal_source, focal = _focal_lengths(focal_length, [ok[n].focal_length for n in names])
+    report.fit = fit_cameras(keypoints, (size, size), focal_length=focal)
     _write_transforms(out, names, ok, report, {"size": size, "scale": crop_scale}, given is None)
     return report
 
@@ -193,6 +195,20 @@ def _write_transforms(
     tmp = out / (TRANSFORMS + ".tmp")
     tmp.write_text(json.dumps(transforms, indent=1))
     tmp.replace(out / TRANSFORMS)
+
+
+def _focal_lengths(given: float | None, from_exif: list[float | None]) -> tuple[str, float | np.ndarray | None]:
+    """Where the cameras' focal lengths come from: the user's, else every photo's own from EXIF (five
+    keypoints decide a focal length poorly when objects differ, see the README's camera section), else the
+    joint fit estimates one."""
+    if given is not None:
+        return "given", given
+    known = sum(f is not None for f in from_exif)
+    if known == len(from_exif):
+        return "from the photos' EXIF", np.array(from_exif, dtype=np.float64)
+    if known:
+        return f"estimated from the landmarks (EXIF gives it for only {known} of {len(from_exif)} images)", None
+    return "estimated from the landmarks", None
 
 
 def _reject_odd_keypoint_counts(records: dict[str, ImageRecord]) -> None:

@@ -44,6 +44,7 @@ class ImageRecord:
     confidence: float | None = None
     num_faces: int | None = None
     crop_box: list | None = None  # [x0, y0, side] in the (upright) original's pixels
+    focal_length: float | None = None  # pixels of the crop, from the photo's EXIF; None when unknown
     notes: list[str] = field(default_factory=list)
 
     @staticmethod
@@ -133,6 +134,7 @@ def _process(job: ImageJob) -> ImageRecord:
         confidence=confidence,
         num_faces=num_faces,
         crop_box=[float(x0), float(y0), float(side)],
+        focal_length=None if loaded.focal_length is None else loaded.focal_length * job.size / side,
         notes=notes,
     )
 

@@ -10,7 +10,11 @@
    to the true mean keypoints); as a fraction of the object's size (the longest side of the true object's
    bounding box). Also reported after removing each view's median offset, which separates shape errors from
    the fitted camera's distance error.
-4. Mesh: symmetric Chamfer distance (mean of nearest-surface distances both ways) between the fitted mesh,
+4. Cameras, so that a camera problem is told apart from a shape problem at a glance: the training cameras
+   (`onelook prepare`'s joint fit) and the held-out photos' fitted cameras against the true ones, after the
+   same similarity: rotation error in degrees, the focal length's ratio to the truth, and the held-out
+   cameras' position error as a fraction of the object's size.
+5. Mesh: symmetric Chamfer distance (mean of nearest-surface distances both ways) between the fitted mesh,
    brought to the true frame by the same similarity, and the true surface; as a fraction of the object's size.
 """
 
@@ -26,7 +30,7 @@ from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from onelook.cameras.geometry import project, similarity_align, turn_about_origin
+from onelook.cameras.geometry import project, rotation_errors_deg, similarity_align, turn_about_origin
 from onelook.data.synthetic import identity, render
 from onelook.lolnerf.reconstructor import Reconstructor
 
@@ -42,6 +46,10 @@ class EvalReport:
     depth_error_shift_aligned: float = float("nan")  # the same after removing each view's median offset
     depth_coverage: float = float("nan")  # fraction of the true foreground where the model is opaque
     chamfer: float = float("nan")  # symmetric Chamfer distance / object size
+    train_rotation_error_deg: tuple[float, float] = (float("nan"), float("nan"))  # median, 90th percentile
+    train_focal_ratio: float = float("nan")  # median fitted focal length / true focal length
+    fit_rotation_error_deg: tuple[float, float] = (float("nan"), float("nan"))  # held-out photos' cameras
+    fit_position_error: float = float("nan")  # mean held-out camera position error / object size
     settings: dict = field(default_factory=dict)
 
     def markdown(self) -> str:
@@ -66,6 +74,12 @@ class EvalReport:
             f"{100 * self.depth_coverage:.0f}% of the true foreground): {100 * self.depth_error:.2f}% of the object's "
             f"size; {100 * self.depth_error_shift_aligned:.2f}% after removing each view's median offset",
             f"Mesh Chamfer distance to the true surface: {100 * self.chamfer:.2f}% of the object's size",
+            f"Training cameras (`onelook prepare`): rotation error median {self.train_rotation_error_deg[0]:.2f}°, "
+            f"90th percentile {self.train_rotation_error_deg[1]:.2f}°; focal length {self.train_focal_ratio:.3f}x "
+            "the true one",
+            f"Held-out photos' cameras (`Reconstructor.fit`): rotation error median "
+            f"{self.fit_rotation_error_deg[0]:.2f}°, 90th percentile {self.fit_rotation_error_deg[1]:.2f}°; "
+            f"position error {100 * self.fit_position_error:.2f}% of the object's size",
         ]
         return "\n".join(lines)
 
@@ -113,6 +127,12 @@ def evaluate(
     truth = {f["file"]: f for f in synth["frames"]}
     true_mean = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
     scale, rotation, translation = similarity_align(recon.canonical_keypoints, true_mean)
+    train_c2w = np.array([f["transform_matrix"] for f in frames])
+    true_train_c2w = np.array([truth[f["source"]]["camera_to_world"] for f in frames])
+    canonical = np.array(transforms["canonical_keypoints"])
+    train_rotation = rotation_errors_deg(train_c2w, true_train_c2w, canonical, true_mean)
+    true_focal = synth["focal_length"] * size / synth["image_size"][0]
+    train_focal_ratio = float(np.median([f["fl_x"] for f in frames])) / true_focal
 
     # 2-4. Held-out identities.
     novel = {
@@ -120,13 +140,13 @@ def evaluate(
         for yaw, pitch in angles
     }
     depth_errors, shift_errors, coverage, chamfers = [], [], [], []
-    focal = synth["focal_length"] * size / synth["image_size"][0]
+    fit_c2w, fit_true_c2w, position_errors = [], [], []
     for j in tqdm(range(held_out), desc="held-out identities"):
-        head, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j)
+        head, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j, synth.get("category", "heads"))
         true_mesh = head.mesh()
         object_size = float(np.ptp(np.asarray(true_mesh.vertices), axis=0).max())
-        view = render(head, c2w_true, focal, size)
-        keypoints = project(head.keypoints(), c2w_true[None], focal, (size, size))[0][0]
+        view = render(head, c2w_true, true_focal, size)
+        keypoints = project(head.keypoints(), c2w_true[None], true_focal, (size, size))[0][0]
         fitted = recon.fit(
             (view.rgb * 255).round().astype(np.uint8),
             landmarks=keypoints,
@@ -135,13 +155,17 @@ def evaluate(
             progress=False,
             seed=j,
         )
+        fit_c2w.append(fitted.camera_to_world)
+        fit_true_c2w.append(c2w_true)
+        centre = scale * rotation @ fitted.camera_to_world[:3, 3] + translation
+        position_errors.append(np.linalg.norm(centre - c2w_true[:3, 3]) / object_size)
         views = [(None, fitted.camera_to_world, c2w_true)] + [
             ((yaw, pitch), fitted.camera_at(yaw, pitch)[0], turn_about_origin(c2w_true, yaw, pitch))
             for yaw, pitch in angles
         ]
         for angle, c2w_model, c2w_novel in views:
             pred = fitted.render(c2w_model, fitted.focal_length, size)
-            true = render(head, c2w_novel, focal, size)
+            true = render(head, c2w_novel, true_focal, size)
             both = true.mask & (pred["alpha"] > 0.5)  # depth is defined where both see the object
             coverage.append(both.sum() / max(true.mask.sum(), 1))
             if both.any():
@@ -167,6 +191,7 @@ def evaluate(
         )
         chamfers.append(chamfer / object_size)
 
+    fit_rotation = rotation_errors_deg(np.array(fit_c2w), np.array(fit_true_c2w), recon.canonical_keypoints, true_mean)
     return EvalReport(
         train_psnr=float(np.mean(psnrs)),
         train_ssim=float(np.mean(ssims)),
@@ -175,6 +200,10 @@ def evaluate(
         depth_error_shift_aligned=float(np.mean(shift_errors)),
         depth_coverage=float(np.mean(coverage)),
         chamfer=float(np.mean(chamfers)),
+        train_rotation_error_deg=(float(np.median(train_rotation)), float(np.percentile(train_rotation, 90))),
+        train_focal_ratio=train_focal_ratio,
+        fit_rotation_error_deg=(float(np.median(fit_rotation)), float(np.percentile(fit_rotation, 90))),
+        fit_position_error=float(np.mean(position_errors)),
         settings={
             "run": str(run_dir),
             "train_images": len(picks),
