@@ -3,9 +3,11 @@
 - heads: an ellipsoid head with a nose, eyes, a mouth and a hair cap, with random proportions and colours.
   Its five keypoints sit at the same semantic places as the face landmarks used for real photos (outer eye
   corners, nose tip, mouth corners).
-- animals and cars (`onelook.data.synthetic_objects`): keypoints elsewhere (ear tips, eyes and nose; headlights,
+- animals and cars: keypoints elsewhere (ear tips, eyes and nose; headlights,
   mirrors and the top of the windscreen), other focal lengths and view ranges, so that no setting of the
   camera fit or the model is tuned to one category.
+
+The objects themselves are in `onelook.data.synthetic_objects`; this module photographs them.
 
 The whole LOLNeRF data path can be checked against true cameras, depth, masks and meshes. Rendering is ray
 casting with open3d's RaycastingScene (no display or GPU needed). Identity i of a seed and category is the
@@ -25,10 +27,8 @@ from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions, project
 from onelook.data.keypoint_categories import KeypointViews
-from onelook.data.synthetic_objects import SynthAnimal, SynthCar
-from onelook.landmarks.mediapipe_face import FACE_KEYPOINT_NAMES
+from onelook.data.synthetic_objects import SynthAnimal, SynthCar, SynthHead
 
-KEYPOINT_NAMES = FACE_KEYPOINT_NAMES  # the heads' keypoints: the same semantic places as MediaPipe's face keypoints
 # Camera distribution of the heads' views (degrees, world units); the front of every object faces -Y.
 YAW_RANGE = (-35.0, 35.0)
 PITCH_RANGE = (-15.0, 20.0)
@@ -36,111 +36,6 @@ ROLL_RANGE = (-8.0, 8.0)
 DISTANCE = 4.5
 FOCAL_FACTOR = 2.0  # focal length in pixels = FOCAL_FACTOR * image size (a 28 degree field of view)
 _LIGHT = np.array([0.4, -0.8, 0.6]) / np.linalg.norm([0.4, -0.8, 0.6])
-
-
-@dataclass
-class SynthHead:
-    """Shape and colour parameters of one identity."""
-
-    radii: tuple[float, float, float]  # head ellipsoid half-axes (x: width, y: depth, z: height)
-    nose_length: float
-    nose_radius: float
-    eye_spacing: float
-    eye_height: float
-    eye_radius: float
-    mouth_width: float
-    mouth_height: float
-    hair_line: float  # z above which the head is hair-coloured
-    skin: tuple[float, float, float]
-    hair: tuple[float, float, float]
-    eyes: tuple[float, float, float]
-    lips: tuple[float, float, float]
-    background: tuple[float, float, float]
-
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> SynthHead:
-        def colour(lo: float, hi: float) -> tuple[float, float, float]:
-            return tuple(float(c) for c in rng.uniform(lo, hi, 3))
-
-        skin_tone = rng.uniform(0.35, 0.95)
-        skin = (skin_tone, skin_tone * rng.uniform(0.7, 0.85), skin_tone * rng.uniform(0.55, 0.7))
-        return cls(
-            radii=(
-                float(rng.uniform(0.55, 0.7)),
-                float(rng.uniform(0.6, 0.75)),
-                float(rng.uniform(0.78, 0.92)),
-            ),
-            nose_length=float(rng.uniform(0.15, 0.3)),
-            nose_radius=float(rng.uniform(0.08, 0.12)),
-            eye_spacing=float(rng.uniform(0.2, 0.28)),
-            eye_height=float(rng.uniform(0.1, 0.2)),
-            eye_radius=float(rng.uniform(0.06, 0.09)),
-            mouth_width=float(rng.uniform(0.16, 0.24)),
-            mouth_height=float(rng.uniform(-0.4, -0.3)),
-            hair_line=float(rng.uniform(0.35, 0.6)),
-            skin=tuple(float(c) for c in skin),
-            hair=colour(0.05, 0.6),
-            eyes=colour(0.0, 0.35),
-            lips=(float(rng.uniform(0.5, 0.8)), float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.15, 0.3))),
-            background=colour(0.0, 1.0),
-        )
-
-    def _front_y(self, x: float, z: float) -> float:
-        """y of the head's front surface at (x, z)."""
-        a, b, c = self.radii
-        return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
-
-    def keypoints(self) -> np.ndarray:
-        """(5, 3) keypoints in the object's frame, in the order of KEYPOINT_NAMES."""
-        eye_x = self.eye_spacing + self.eye_radius
-        nose_z = 0.5 * (self.eye_height + self.mouth_height)
-        return np.array(
-            [
-                [-eye_x, self._front_y(-eye_x, self.eye_height), self.eye_height],
-                [eye_x, self._front_y(eye_x, self.eye_height), self.eye_height],
-                [0.0, self._front_y(0.0, nose_z) - self.nose_length, nose_z],
-                [-self.mouth_width, self._front_y(-self.mouth_width, self.mouth_height), self.mouth_height],
-                [self.mouth_width, self._front_y(self.mouth_width, self.mouth_height), self.mouth_height],
-            ]
-        )
-
-    def mesh(self) -> o3d.geometry.TriangleMesh:
-        """The head as one triangle mesh with per-vertex colours."""
-        head = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=40)
-        verts = np.asarray(head.vertices) * np.array(self.radii)
-        head.vertices = o3d.utility.Vector3dVector(verts)
-        colours = np.where(verts[:, 2:3] > self.hair_line, self.hair, self.skin)
-        head.vertex_colors = o3d.utility.Vector3dVector(colours)
-        parts = [head]
-
-        nose_z = 0.5 * (self.eye_height + self.mouth_height)
-        nose_base = self._front_y(0.0, nose_z)
-        nose = o3d.geometry.TriangleMesh.create_cone(self.nose_radius, self.nose_length + 0.05, resolution=24)
-        nose.rotate(o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0.0, 0.0)), center=(0, 0, 0))
-        nose.translate((0.0, nose_base + 0.05, nose_z))  # the cone's apex now points to -Y, at the tip
-        nose.paint_uniform_color(np.array(self.skin) * 0.9)
-        parts.append(nose)
-
-        for sign in (-1.0, 1.0):
-            x = sign * self.eye_spacing
-            eye = o3d.geometry.TriangleMesh.create_sphere(self.eye_radius, resolution=16)
-            eye.translate((x, self._front_y(x, self.eye_height) + 0.3 * self.eye_radius, self.eye_height))
-            eye.paint_uniform_color(self.eyes)
-            parts.append(eye)
-
-        mouth = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=20)
-        mouth.vertices = o3d.utility.Vector3dVector(
-            np.asarray(mouth.vertices) * np.array([self.mouth_width, 0.05, 0.04])
-        )
-        mouth.translate((0.0, self._front_y(0.0, self.mouth_height) + 0.02, self.mouth_height))
-        mouth.paint_uniform_color(self.lips)
-        parts.append(mouth)
-
-        combined = parts[0]
-        for part in parts[1:]:
-            combined += part
-        combined.compute_vertex_normals()
-        return combined
 
 
 SynthObject = SynthHead | SynthAnimal | SynthCar
@@ -161,7 +56,9 @@ class SynthCategory:
 
 
 CATEGORIES = {
-    "heads": SynthCategory(SynthHead, KEYPOINT_NAMES, FOCAL_FACTOR, DISTANCE, YAW_RANGE, PITCH_RANGE, ROLL_RANGE),
+    "heads": SynthCategory(
+        SynthHead, SynthHead.KEYPOINT_NAMES, FOCAL_FACTOR, DISTANCE, YAW_RANGE, PITCH_RANGE, ROLL_RANGE
+    ),
     # A wide lens close up (a 45 degree field of view), looked at from a little below to well above.
     "animals": SynthCategory(
         SynthAnimal, SynthAnimal.KEYPOINT_NAMES, 1.2, 2.2, (-40.0, 40.0), (-10.0, 25.0), (-10.0, 10.0)

@@ -1,4 +1,4 @@
-"""Procedural animal heads and cars: categories for `onelook synth` whose keypoints are not face landmarks.
+"""The objects `onelook synth` renders: heads (keypoints where face landmarks are), animal heads and cars.
 
 Each identity has its own proportions (so its keypoints move by several percent of the object's size from
 identity to identity, as real animals' and cars' do) and colours. The object's front faces -Y, +Z is up, and
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 from scipy.spatial.transform import Rotation
+
+from onelook.landmarks.mediapipe_face import FACE_KEYPOINT_NAMES
 
 
 def _colour(rng: np.random.Generator, lo: float, hi: float) -> tuple[float, float, float]:
@@ -52,6 +54,106 @@ def _combine(parts: list[o3d.geometry.TriangleMesh]) -> o3d.geometry.TriangleMes
         combined += part
     combined.compute_vertex_normals()
     return combined
+
+
+@dataclass
+class SynthHead:
+    """A head: an ellipsoid with a nose, eyes, a mouth and a hair cap; keypoints where the face landmarks are."""
+
+    KEYPOINT_NAMES = FACE_KEYPOINT_NAMES
+
+    radii: tuple[float, float, float]  # head ellipsoid half-axes (x: width, y: depth, z: height)
+    nose_length: float
+    nose_radius: float
+    eye_spacing: float
+    eye_height: float
+    eye_radius: float
+    mouth_width: float
+    mouth_height: float
+    hair_line: float  # z above which the head is hair-coloured
+    skin: tuple[float, float, float]
+    hair: tuple[float, float, float]
+    eyes: tuple[float, float, float]
+    lips: tuple[float, float, float]
+    background: tuple[float, float, float]
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> SynthHead:
+        skin_tone = rng.uniform(0.35, 0.95)
+        skin = (skin_tone, skin_tone * rng.uniform(0.7, 0.85), skin_tone * rng.uniform(0.55, 0.7))
+        return cls(
+            radii=(
+                float(rng.uniform(0.55, 0.7)),
+                float(rng.uniform(0.6, 0.75)),
+                float(rng.uniform(0.78, 0.92)),
+            ),
+            nose_length=float(rng.uniform(0.15, 0.3)),
+            nose_radius=float(rng.uniform(0.08, 0.12)),
+            eye_spacing=float(rng.uniform(0.2, 0.28)),
+            eye_height=float(rng.uniform(0.1, 0.2)),
+            eye_radius=float(rng.uniform(0.06, 0.09)),
+            mouth_width=float(rng.uniform(0.16, 0.24)),
+            mouth_height=float(rng.uniform(-0.4, -0.3)),
+            hair_line=float(rng.uniform(0.35, 0.6)),
+            skin=tuple(float(c) for c in skin),
+            hair=_colour(rng, 0.05, 0.6),
+            eyes=_colour(rng, 0.0, 0.35),
+            lips=(float(rng.uniform(0.5, 0.8)), float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.15, 0.3))),
+            background=_colour(rng, 0.0, 1.0),
+        )
+
+    def _front_y(self, x: float, z: float) -> float:
+        """y of the head's front surface at (x, z)."""
+        a, b, c = self.radii
+        return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
+
+    def keypoints(self) -> np.ndarray:
+        """(5, 3) keypoints in the object's frame, in the order of KEYPOINT_NAMES."""
+        eye_x = self.eye_spacing + self.eye_radius
+        nose_z = 0.5 * (self.eye_height + self.mouth_height)
+        return np.array(
+            [
+                [-eye_x, self._front_y(-eye_x, self.eye_height), self.eye_height],
+                [eye_x, self._front_y(eye_x, self.eye_height), self.eye_height],
+                [0.0, self._front_y(0.0, nose_z) - self.nose_length, nose_z],
+                [-self.mouth_width, self._front_y(-self.mouth_width, self.mouth_height), self.mouth_height],
+                [self.mouth_width, self._front_y(self.mouth_width, self.mouth_height), self.mouth_height],
+            ]
+        )
+
+    def mesh(self) -> o3d.geometry.TriangleMesh:
+        """The head as one triangle mesh with per-vertex colours."""
+        head = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=40)
+        verts = np.asarray(head.vertices) * np.array(self.radii)
+        head.vertices = o3d.utility.Vector3dVector(verts)
+        colours = np.where(verts[:, 2:3] > self.hair_line, self.hair, self.skin)
+        head.vertex_colors = o3d.utility.Vector3dVector(colours)
+        parts = [head]
+
+        nose_z = 0.5 * (self.eye_height + self.mouth_height)
+        nose_base = self._front_y(0.0, nose_z)
+        nose = o3d.geometry.TriangleMesh.create_cone(self.nose_radius, self.nose_length + 0.05, resolution=24)
+        nose.rotate(o3d.geometry.get_rotation_matrix_from_xyz((np.pi / 2, 0.0, 0.0)), center=(0, 0, 0))
+        nose.translate((0.0, nose_base + 0.05, nose_z))  # the cone's apex now points to -Y, at the tip
+        nose.paint_uniform_color(np.array(self.skin) * 0.9)
+        parts.append(nose)
+
+        for sign in (-1.0, 1.0):
+            x = sign * self.eye_spacing
+            eye = o3d.geometry.TriangleMesh.create_sphere(self.eye_radius, resolution=16)
+            eye.translate((x, self._front_y(x, self.eye_height) + 0.3 * self.eye_radius, self.eye_height))
+            eye.paint_uniform_color(self.eyes)
+            parts.append(eye)
+
+        mouth = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=20)
+        mouth.vertices = o3d.utility.Vector3dVector(
+            np.asarray(mouth.vertices) * np.array([self.mouth_width, 0.05, 0.04])
+        )
+        mouth.translate((0.0, self._front_y(0.0, self.mouth_height) + 0.02, self.mouth_height))
+        mouth.paint_uniform_color(self.lips)
+        parts.append(mouth)
+
+        return _combine(parts)
 
 
 @dataclass
