@@ -181,9 +181,10 @@ class FaceTab:
 
     def preview(self, path: str | None):
         recon = self._require_model()
-        rgb = load_upload(path).rgb
+        upload = load_upload(path)
+        rgb = upload.rgb
         keypoints, mask = face_keypoints(path, rgb, self.examples)
-        placement = recon.locate(keypoints, rgb.shape[:2])
+        placement = recon.locate(keypoints, rgb.shape[:2], upload.focal_length)
         shown = rgb.copy()
         if mask is not None:
             shown[mask < 0.5] = (shown[mask < 0.5] * 0.35).astype(np.uint8)

@@ -146,9 +146,12 @@ class AppJobs:
     def _fit(self, path: str, steps: int, seed: int, stage: str) -> Generator[JobUpdate, None, Reconstruction]:
         """Fits one photo, yielding a JobUpdate per step; returns the Reconstruction (`yield from` gives it)."""
         recon = self._model()
-        rgb = load_upload(path).rgb
-        keypoints, mask = face_keypoints(path, rgb, self.examples)
-        for step, result in recon.fit_steps(rgb, keypoints, mask, steps=steps, seed=seed, progress=False):
+        upload = load_upload(path)
+        keypoints, mask = face_keypoints(path, upload.rgb, self.examples)
+        fitting = recon.fit_steps(
+            upload.rgb, keypoints, mask, focal_length=upload.focal_length, steps=steps, seed=seed, progress=False
+        )
+        for step, result in fitting:
             if result is None:
                 yield JobUpdate(stage, step, steps)
         return result

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from PIL import Image
 
 from onelook.cli import main
 from onelook.data.synthetic import FOCAL_FACTOR, identity, render
@@ -103,8 +104,6 @@ def test_mesh_export_in_three_formats(reconstructor, tmp_path):
 
 
 def test_cli_fit_writes_everything(trained_run, held_out, tmp_path):
-    from PIL import Image
-
     photo, keypoints, _ = held_out
     Image.fromarray(photo).save(tmp_path / "photo.png")
     (tmp_path / "lm.json").write_text(json.dumps({"photo.png": keypoints.tolist()}))
@@ -120,8 +119,6 @@ def test_cli_fit_writes_everything(trained_run, held_out, tmp_path):
 
 
 def test_cli_sample_and_interpolate(trained_run, held_out, tmp_path):
-    from PIL import Image
-
     assert main(["sample", str(trained_run), "--out", str(tmp_path / "s"), "--n", "3"]) == 0
     assert Image.open(tmp_path / "s" / "samples.png").size == (3 * 64, 64)
     photo, keypoints, _ = held_out
@@ -164,3 +161,21 @@ def test_eval_measures_against_the_truth(trained_run, synth_dir, synth_dataset, 
     assert 0.7 < data["train_focal_ratio"] < 1.4
     assert data["fit_rotation_error_deg"][0] < 15.0 and 0.0 <= data["fit_position_error"] < 0.5
     assert "| (+30, +0) |" in md_path.read_text() and "Training cameras" in md_path.read_text()
+
+
+def test_a_photo_is_placed_at_its_own_focal_length(reconstructor, held_out, tmp_path):
+    """A photo file whose EXIF gives its focal length is fitted at it (the camera's distance follows); an array,
+    or a file without EXIF, at the training crops' focal length."""
+    photo, keypoints, mask = held_out  # 96 px, rendered at 2x its side: 192 px
+    exif = Image.Exif()
+    exif[0x8769] = {0xA405: 40}  # 35 mm equivalent, a wide lens: 40 * hypot(96, 96) / hypot(36, 24) = 126 px
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    from_exif = reconstructor.fit(tmp_path / "photo.jpg", landmarks=keypoints, mask=mask, steps=1, progress=False)
+    assert from_exif.focal_length == pytest.approx(40 * np.hypot(96, 96) / np.hypot(36, 24))
+    from_array = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, progress=False)
+    assert from_array.focal_length == pytest.approx(reconstructor.locate(keypoints, (96, 96)).focal_length)
+    assert from_array.focal_length > 1.2 * from_exif.focal_length  # the training crops': about 2x the side
+    given = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, progress=False, focal_length=250.0)
+    # The same keypoints at a longer focal length: the camera sits about proportionally farther away.
+    ratio = np.linalg.norm(given.camera_to_world[:3, 3]) / np.linalg.norm(from_exif.camera_to_world[:3, 3])
+    assert ratio == pytest.approx(250.0 / from_exif.focal_length, rel=0.15)

@@ -93,6 +93,7 @@ class Reconstructor:
         rays_per_step: int = 1024,
         mask_weight: float = 1.0,
         seed: int = 0,
+        focal_length: float | None = None,
         progress: bool = True,
     ) -> Iterator[tuple[int, Reconstruction | None]]:
         """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time, yielding
@@ -100,12 +101,14 @@ class Reconstructor:
         stops the work (the demo app's Stop button):
 
         1. keypoints (MediaPipe's five face landmarks unless `landmarks` (K, 2) pixels are given) place the
-           camera against the model's canonical keypoints, with the focal length the training crops had;
+           camera against the model's canonical keypoints, with the photo's `focal_length` (pixels) if given,
+           else its EXIF one when `image` is a file that has it, else the focal length the training crops had;
         2. the photo is cropped the way training photos were, and a new latent, starting at the mean of the
            training latents, is optimised on its pixels with the network frozen (RGB loss, plus the mask loss
            when a mask is given or detected).
         """
-        rgb = load_image(image).rgb if isinstance(image, (str, Path)) else _as_rgb(image)
+        loaded = load_image(image) if isinstance(image, (str, Path)) else None
+        rgb = loaded.rgb if loaded is not None else _as_rgb(image)
         if landmarks is None:
             from onelook.landmarks.mediapipe_face import FaceLandmarker
 
@@ -116,15 +119,17 @@ class Reconstructor:
                 detector.close()
             landmarks = detection.keypoints
             mask = detection.mask if mask is None else mask
-        placement = self.locate(landmarks, rgb.shape[:2])
+        if focal_length is None and loaded is not None:
+            focal_length = loaded.focal_length
+        placement = self.locate(landmarks, rgb.shape[:2], focal_length)
         height, width = rgb.shape[:2]
         x0, y0, side = placement.crop_box
-        _, crop_focal, crop_size = self.model.crop_settings.tolist()
-        crop_size = int(crop_size)
+        crop_size = int(self.model.crop_settings[2])
         scale = crop_size / side
 
         # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
         principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
+        crop_focal = placement.focal_length * scale
         cameras = pinhole_cameras(placement.camera_to_world, crop_focal, crop_size, principal_point, self.device)
         rays = cameras.generate_rays(camera_indices=0, keep_shape=False)
         target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
@@ -160,17 +165,19 @@ class Reconstructor:
         result = Reconstruction(self, latent.detach(), c2w, placement.focal_length, (height, width), losses)
         yield steps, result
 
-    def locate(self, landmarks: np.ndarray, image_size: tuple[int, int]) -> PhotoPlacement:
+    def locate(
+        self, landmarks: np.ndarray, image_size: tuple[int, int], focal_length: float | None = None
+    ) -> PhotoPlacement:
         """Where a photo of (H, W) `image_size` sits against the model, from its keypoints (K, 2) in pixels:
-        the crop training photos would have had, and the camera placing the canonical keypoints on them (with
-        the focal length the training crops had)."""
+        the crop training photos would have had, and the camera placing the canonical keypoints on them, with
+        the photo's `focal_length` in pixels when known (EXIF), else the one the training crops had."""
         landmarks = np.asarray(landmarks, dtype=np.float64)
         canonical = self.model.canonical_keypoints.cpu().numpy()
         if landmarks.shape != canonical.shape[:1] + (2,):
             raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
         crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
         x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
-        focal = crop_focal * side / crop_size
+        focal = crop_focal * side / crop_size if focal_length is None else float(focal_length)
         c2w, residual = estimate_pose(canonical, landmarks, focal, image_size)
         return PhotoPlacement(c2w, focal, (x0, y0, side), residual, viewing_angles(self.to_model_frame(c2w)))
 
