@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from onelook.cameras.geometry import project
-from onelook.data.synthetic import FOCAL_FACTOR, identity, render
+from onelook.data.synthetic import CATEGORIES, identity, render
 from onelook.runs import find_run, load_checkpoint
 
 ASSETS = Path(__file__).parent
@@ -49,10 +49,11 @@ def main() -> None:
     examples = ASSETS / "examples"
     shutil.rmtree(examples, ignore_errors=True)
     examples.mkdir()
-    focal = FOCAL_FACTOR * args.size
+    category = synth.get("category", "heads")
+    focal = CATEGORIES[category].focal_factor * args.size
     landmarks = {}
     for i in range(args.examples):
-        head, c2w, _ = identity(synth["seed"], len(synth["frames"]) + 100 + i)
+        head, c2w, _ = identity(synth["seed"], len(synth["frames"]) + 100 + i, category)
         view = render(head, c2w, focal, args.size)
         name = f"synthetic_{i}.png"
         Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(examples / name)
