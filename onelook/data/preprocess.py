@@ -43,7 +43,7 @@ class ImageRecord:
     keypoints: list | None = None  # (K, 2) in the crop's pixels; None for a missing keypoint
     confidence: float | None = None
     num_faces: int | None = None
-    crop_box: list | None = None  # [x0, y0, side] in the (upright) original's pixels
+    crop_box: list | None = None  # [x0, y0, side] in the loaded image's pixels (upright, at most MAX_SIDE)
     focal_length: float | None = None  # pixels of the crop, from the photo's EXIF; None when unknown
     notes: list[str] = field(default_factory=list)
 
