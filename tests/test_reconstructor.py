@@ -179,3 +179,5 @@ def test_a_photo_is_placed_at_its_own_focal_length(reconstructor, held_out, tmp_
     # The same keypoints at a longer focal length: the camera sits about proportionally farther away.
     ratio = np.linalg.norm(given.camera_to_world[:3, 3]) / np.linalg.norm(from_exif.camera_to_world[:3, 3])
     assert ratio == pytest.approx(250.0 / from_exif.focal_length, rel=0.15)
+    with pytest.raises(ValueError, match="focal_length"):
+        reconstructor.locate(keypoints, (96, 96), focal_length=float("nan"))

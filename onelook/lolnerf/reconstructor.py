@@ -175,6 +175,8 @@ class Reconstructor:
         canonical = self.model.canonical_keypoints.cpu().numpy()
         if landmarks.shape != canonical.shape[:1] + (2,):
             raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
+        if focal_length is not None and not (np.isfinite(focal_length) and focal_length > 0):
+            raise ValueError(f"focal_length must be positive pixels, got {focal_length!r}")
         crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
         x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
         focal = crop_focal * side / crop_size if focal_length is None else float(focal_length)
