@@ -29,12 +29,7 @@ from onelook.cameras.geometry import look_at, orbit_positions, project
 from onelook.data.keypoint_categories import KeypointViews
 from onelook.data.synthetic_objects import SynthAnimal, SynthCar, SynthHead
 
-# Camera distribution of the heads' views (degrees, world units); the front of every object faces -Y.
-YAW_RANGE = (-35.0, 35.0)
-PITCH_RANGE = (-15.0, 20.0)
-ROLL_RANGE = (-8.0, 8.0)
-DISTANCE = 4.5
-FOCAL_FACTOR = 2.0  # focal length in pixels = FOCAL_FACTOR * image size (a 28 degree field of view)
+FOCAL_FACTOR = 2.0  # the heads' focal length in pixels = FOCAL_FACTOR * image size (a 28 degree field of view)
 _LIGHT = np.array([0.4, -0.8, 0.6]) / np.linalg.norm([0.4, -0.8, 0.6])
 
 
@@ -47,24 +42,23 @@ class SynthCategory:
     front at `distance`, with a focal length of `focal_factor` times the image side."""
 
     object_type: type[SynthObject]
-    keypoint_names: tuple[str, ...]
     focal_factor: float
-    distance: float
-    yaw_range: tuple[float, float]
+    distance: float  # world units; the front of every object faces -Y
+    yaw_range: tuple[float, float]  # degrees
     pitch_range: tuple[float, float]
     roll_range: tuple[float, float]
 
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        return self.object_type.KEYPOINT_NAMES
+
 
 CATEGORIES = {
-    "heads": SynthCategory(
-        SynthHead, SynthHead.KEYPOINT_NAMES, FOCAL_FACTOR, DISTANCE, YAW_RANGE, PITCH_RANGE, ROLL_RANGE
-    ),
+    "heads": SynthCategory(SynthHead, FOCAL_FACTOR, 4.5, (-35.0, 35.0), (-15.0, 20.0), (-8.0, 8.0)),
     # A wide lens close up (a 45 degree field of view), looked at from a little below to well above.
-    "animals": SynthCategory(
-        SynthAnimal, SynthAnimal.KEYPOINT_NAMES, 1.2, 2.2, (-40.0, 40.0), (-10.0, 25.0), (-10.0, 10.0)
-    ),
+    "animals": SynthCategory(SynthAnimal, 1.2, 2.2, (-40.0, 40.0), (-10.0, 25.0), (-10.0, 10.0)),
     # A long lens from afar (a 19 degree field of view), from the ground up to a first floor's height.
-    "cars": SynthCategory(SynthCar, SynthCar.KEYPOINT_NAMES, 3.0, 11.0, (-30.0, 30.0), (0.0, 25.0), (-4.0, 4.0)),
+    "cars": SynthCategory(SynthCar, 3.0, 11.0, (-30.0, 30.0), (0.0, 25.0), (-4.0, 4.0)),
 }
 
 

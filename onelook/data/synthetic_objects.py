@@ -20,6 +20,12 @@ def _colour(rng: np.random.Generator, lo: float, hi: float) -> tuple[float, floa
     return tuple(float(c) for c in rng.uniform(lo, hi, 3))
 
 
+def _front_y(radii: tuple[float, float, float], x: float, z: float) -> float:
+    """y of the front (-Y) surface of an origin-centred ellipsoid with half-axes `radii`, at (x, z)."""
+    a, b, c = radii
+    return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
+
+
 def _ellipsoid(radii, centre, colour, resolution: int = 24) -> o3d.geometry.TriangleMesh:
     mesh = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=resolution)
     mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) * np.asarray(radii) + np.asarray(centre))
@@ -103,9 +109,7 @@ class SynthHead:
         )
 
     def _front_y(self, x: float, z: float) -> float:
-        """y of the head's front surface at (x, z)."""
-        a, b, c = self.radii
-        return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
+        return _front_y(self.radii, x, z)
 
     def keypoints(self) -> np.ndarray:
         """(5, 3) keypoints in the object's frame, in the order of KEYPOINT_NAMES."""
@@ -204,8 +208,7 @@ class SynthAnimal:
         )
 
     def _front_y(self, x: float, z: float) -> float:
-        a, b, c = self.skull
-        return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
+        return _front_y(self.skull, x, z)
 
     def _ear(self, sign: float) -> tuple[np.ndarray, np.ndarray]:
         """Base centre and axis (unit) of one ear."""
