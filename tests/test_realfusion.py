@@ -303,10 +303,58 @@ def test_reference_view_alone_reconstructs_the_input(realfusion_pipeline):
     assert (outputs["accumulation"][..., 0][mask] > 0.5).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("shading", ["albedo", "textureless", "lambertian"])
-def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, shading):
+def test_normals_at_the_surface_are_the_true_normals_of_a_hard_sphere(object_photo, tmp_path):
+    """The field made a hard sphere (its MLP silenced, its central blob sharpened): normals at each ray's
+    expected surface point, and the deferred shading with them, agree with the sphere's true normals and with
+    normals composited from every sample."""
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.pipeline.datamanager.data = object_photo
+    config.pipeline.datamanager.dataparser.image_size = 48
+    config.pipeline.datamanager.dataparser.cache_dir = tmp_path
+    model = config.pipeline.model
+    model.implementation, model.log2_hashmap_size, model.max_res = "torch", 12, 128
+    model.num_coarse_samples = model.num_fine_samples = 48
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    model = pipeline.model.eval()
+    field = model.field
+    torch.nn.init.zeros_(field.mlp.layers[-1].weight)
+    torch.nn.init.zeros_(field.mlp.layers[-1].bias)
+    radius = 0.3  # raw density 400 exp(-r^2 / 2 0.2^2) - 400 exp(-0.3^2 / 2 0.2^2): positive inside, steep at r
+    field.blob_density = 400.0
+    field.mlp.layers[-1].bias.data[0] = -400.0 * np.exp(-(radius**2) / (2 * field.blob_radius**2))
+    bundle = pipeline.datamanager.train_dataset.cameras[0:1].generate_rays(camera_indices=0, keep_shape=False)
+    light = torch.nn.functional.normalize(torch.tensor([0.3, -1.0, 0.5]), dim=0)
+    with torch.no_grad():
+        samples = model.place_samples(bundle)
+        rendered = {}
+        for where in ("surface", "samples"):
+            model.config.normals = where
+            rendered[where] = model.render_samples(samples, "lambertian", normals=True, light=light)
+    origins, directions = bundle.origins, torch.nn.functional.normalize(bundle.directions, dim=-1)
+    b = (origins * directions).sum(-1)
+    hit = b**2 - (origins.square().sum(-1) - radius**2)
+    inside = hit > 0.02  # rays that meet the sphere away from its rim
+    true_normals = torch.nn.functional.normalize(origins + (-b - hit.clamp(min=0).sqrt())[:, None] * directions, dim=-1)
+    assert inside.sum() > 50
+    for where, out in rendered.items():
+        assert (out["accumulation"][inside] > 0.99).all(), where
+        cosine = (torch.nn.functional.normalize(out["normals"][inside], dim=-1) * true_normals[inside]).sum(-1)
+        assert np.degrees(np.arccos(cosine.clamp(max=1.0).min().item())) < 5.0, where
+    lambert = 0.5 * (0.1 + 0.9 * (true_normals[inside] @ light).clamp(min=0))[:, None]  # albedo 0.5 (logits 0)
+    for out in rendered.values():
+        torch.testing.assert_close(out["rgb"][inside], lambert.expand(-1, 3), atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shading, normals",
+    [("albedo", "surface"), ("textureless", "surface"), ("lambertian", "surface"), ("lambertian", "samples")],
+)
+def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, shading, normals):
     """The prior view rendered without gradients, scored, then re-rendered in uneven chunks: every parameter's
-    gradient (prior view and reference view together) equals the one-graph rendering's, in every shading."""
+    gradient (prior view and reference view together) equals the one-graph rendering's, in every shading and
+    wherever the normals are taken."""
     from types import SimpleNamespace
 
     from onelook.configs import realfusion_method
@@ -322,6 +370,7 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     model.num_coarse_samples = model.num_fine_samples = 12
     model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
     model.albedo_steps, model.coarse_to_fine_step = 0, 0
+    model.normals = normals
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipeline.model
     model.prior()

@@ -1,8 +1,9 @@
 """RealFusion's field: a multi-resolution hash grid with a small MLP, a density blob at the centre, and a
 background network on the ray direction.
 
-The hash grid is nerfstudio's HashEncoding: tiny-cuda-nn when installed, its PyTorch implementation
-otherwise (the CPU). Coarse-to-fine: the finest levels' features are zeroed until they are switched on.
+The hash grid is nerfstudio's HashEncoding: tiny-cuda-nn when installed, otherwise a faster PyTorch path of our
+own with the same parameters (the CPU). Coarse-to-fine: the finest levels' features are zero (and, on the
+PyTorch path, not computed) until they are switched on; `level_mask` keeps which are on in checkpoints.
 Normals are finite differences of the density (as in the released code): first-order only, so they train
 the geometry through tiny-cuda-nn too, which has no second derivatives.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 import torch
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.activations import trunc_exp
-from nerfstudio.field_components.encodings import HashEncoding, NeRFEncoding
+from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
+
+from onelook.field_components.hash_grid import CoarseToFineHashEncoding
 
 
 class RealFusionField(Field):
@@ -39,7 +42,7 @@ class RealFusionField(Field):
         self.bound, self.blob_density, self.blob_radius = bound, blob_density, blob_radius
         self.normal_epsilon = normal_epsilon
         self.features_per_level = features_per_level
-        self.encoding = HashEncoding(
+        self.encoding = CoarseToFineHashEncoding(
             num_levels=num_levels,
             min_res=min_res,
             max_res=max_res,
@@ -48,6 +51,8 @@ class RealFusionField(Field):
             implementation=implementation,
         )
         self.register_buffer("level_mask", torch.ones(num_levels * features_per_level))
+        # A loaded checkpoint's level_mask says which levels its run had switched on.
+        self.register_load_state_dict_post_hook(lambda field, _: field.encoding.set_active_levels(field.active_levels))
         self.mlp = MLP(self.encoding.get_out_dim(), num_layers, hidden_dim, out_dim=4, implementation="torch")
         self.direction_encoding = NeRFEncoding(3, 6, 0.0, 5.0, include_input=True)
         self.background = nn.Sequential(
@@ -63,11 +68,16 @@ class RealFusionField(Field):
         """Coarse-to-fine: only the `active` coarsest levels contribute."""
         self.level_mask.zero_()
         self.level_mask[: active * self.features_per_level] = 1.0
+        self.encoding.set_active_levels(active)
+
+    @property
+    def active_levels(self) -> int:
+        return int(self.level_mask.count_nonzero()) // self.features_per_level
 
     def _raw(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Pre-activation density (..., 1) and albedo logits (..., 3) at world points."""
         unit = (positions / self.bound + 1.0) / 2.0  # the hash grid covers [0, 1]^3
-        features = self.encoding(unit.reshape(-1, 3)) * self.level_mask
+        features = self.encoding(unit.reshape(-1, 3))
         h = self.mlp(features.float()).reshape(*positions.shape[:-1], 4)
         blob = self.blob_density * torch.exp(-positions.square().sum(-1, keepdim=True) / (2 * self.blob_radius**2))
         return h[..., :1] + blob, h[..., 1:]
