@@ -179,6 +179,15 @@ def _match_hash_grid_implementation(model_config, state: dict, checkpoint_path: 
     model_config.implementation = "tcnn" if trained_with_tcnn else "torch"
 
 
+def model_state(pipeline_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's part of a checkpoint's pipeline state; a run trained on several devices saved its model
+    wrapped in DistributedDataParallel (every key under `_model.module.`), which is unwrapped."""
+    state = {key.removeprefix("_model."): value for key, value in pipeline_state.items() if key.startswith("_model.")}
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
 def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
     """The trained model of a run, without its dataset or anything else the trainer builds.
 
@@ -192,10 +201,7 @@ def load_model(run_dir: Path, expected: type, device: str | torch.device | None 
     target = config.pipeline.model._target
     if not (isinstance(target, type) and issubclass(target, expected)):
         raise ValueError(f"{config_path} is a {config.method_name} run, not a {expected.__name__} one")
-    prefix = "_model."
-    state = {
-        k[len(prefix) :]: v for k, v in load_checkpoint(checkpoint_path)["pipeline"].items() if k.startswith(prefix)
-    }
+    state = model_state(load_checkpoint(checkpoint_path)["pipeline"])
     _match_hash_grid_implementation(config.pipeline.model, state, checkpoint_path)
     radius = float(state["scene_radius_buffer"])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
