@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+@dataclass(frozen=True)
+class NsTrain:
+    """The real `ns-train` of this environment, its output captured."""
+
+    executable: str = str(Path(sys.executable).parent / "ns-train")
+
+    def run(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([self.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+    def train(
+        self, method: str, data: Path, output_dir: Path, *options: str, iterations: int = 4, **kwargs
+    ) -> subprocess.CompletedProcess:
+        """`iterations` training steps of `method` on the CPU, saved at the last one; `options` follow."""
+        common = ["--data", str(data), "--machine.device-type", "cpu", "--output-dir", str(output_dir)]
+        steps = ["--max-num-iterations", str(iterations), "--steps-per-save", str(iterations)]
+        return self.run(method, *common, *steps, *options, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def ns_train() -> NsTrain:
+    return NsTrain()
 
 
 @pytest.fixture(scope="session")

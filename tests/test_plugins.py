@@ -5,11 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-NS_TRAIN = str(Path(sys.executable).parent / "ns-train")
 
 
 def test_registries_find_our_methods_and_dataparser():
@@ -31,40 +28,20 @@ def test_plugin_modules_import_without_heavy_libraries():
 
 
 @pytest.mark.slow
-def test_ns_train_help_lists_plugins():
-    out = subprocess.run([NS_TRAIN, "--help"], capture_output=True, text=True, check=True).stdout
+def test_ns_train_help_lists_plugins(ns_train):
+    out = ns_train.run("--help").stdout
     assert "lolnerf" in out and "lolnerf-small" in out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lolnerf-small", "lolnerf"])
-def test_ns_train_runs_on_a_prepared_dataset(synth_dataset, tmp_path, method):
+def test_ns_train_runs_on_a_prepared_dataset(ns_train, synth_dataset, tmp_path, method):
     """The real command line: loads the dataset through the plugin dataparser and trains on the CPU; the run
     it writes loads back through onelook's safe loader."""
     from onelook.lolnerf import Reconstructor
     from onelook.runs import load_run_config
 
-    result = subprocess.run(
-        [
-            NS_TRAIN,
-            method,
-            "--data",
-            str(synth_dataset),
-            "--machine.device-type",
-            "cpu",
-            "--max-num-iterations",
-            "4",
-            "--steps-per-save",
-            "4",
-            "--output-dir",
-            str(tmp_path),
-            "--pipeline.datamanager.train-num-rays-per-batch",
-            "128",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = ns_train.train(method, synth_dataset, tmp_path, "--pipeline.datamanager.train-num-rays-per-batch", "128")
     assert result.returncode == 0, result.stderr[-3000:]
     configs = list(tmp_path.rglob("config.yml"))
     assert len(configs) == 1

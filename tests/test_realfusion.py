@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from onelook.data.object_image import prepare_object_image
 from onelook.guidance.stable_diffusion import PriorUnavailableError, StableDiffusionPrior
 from onelook.guidance.textual_inversion import LearnedToken, denoising_loss, invert
 
-NS_TRAIN = str(Path(sys.executable).parent / "ns-train")
 # Sizes that let the whole method run on a CPU in seconds (with the tiny prior's 16 px images).
 TINY = [
     "--pipeline.model.implementation",
@@ -404,39 +402,19 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["False", "True"])
-def test_ns_train_realfusion_end_to_end_and_export(tiny_sd, object_photo, tmp_path, precision):
+def test_ns_train_realfusion_end_to_end_and_export(ns_train, tiny_sd, object_photo, tmp_path, precision):
     """No embedding given: textual inversion runs first; then training, then `onelook export`; with the
     diffusion model in fp32 and in fp16 (as on a GPU)."""
     from onelook.cli import main
     from onelook.runs import load_run_config
 
-    result = subprocess.run(
-        [
-            NS_TRAIN,
-            "realfusion",
-            "--data",
-            str(object_photo),
-            "--machine.device-type",
-            "cpu",
-            "--max-num-iterations",
-            "4",
-            "--steps-per-save",
-            "4",
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--pipeline.model.sd-model",
-            str(tiny_sd),
-            "--pipeline.model.inversion-steps",
-            "3",
-            "--pipeline.model.half-precision",
-            precision,
-            *TINY,
-            "onelook-image",  # the dataparser's own options follow its subcommand
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
+    result = ns_train.train(
+        "realfusion",
+        object_photo,
+        tmp_path / "runs",
+        *("--pipeline.model.sd-model", str(tiny_sd), "--pipeline.model.inversion-steps", "3"),
+        *("--pipeline.model.half-precision", precision, *TINY),
+        *("onelook-image", "--cache-dir", str(tmp_path / "cache")),  # the dataparser's options follow its name
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -476,23 +454,8 @@ def check_a_tiny_cuda_nn_run_is_refused_clearly(run: Path, tmp_path: Path) -> No
         RealFusionResult.from_run(gpu_run, device="cpu")
 
 
-def test_missing_weights_fail_before_anything_is_written(object_photo, tmp_path):
-    result = subprocess.run(
-        [
-            NS_TRAIN,
-            "realfusion",
-            "--data",
-            str(object_photo),
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--machine.device-type",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-    )
+def test_missing_weights_fail_before_anything_is_written(ns_train, object_photo, tmp_path):
+    result = ns_train.train("realfusion", object_photo, tmp_path / "runs", env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     assert "--pipeline.model.sd-model SD_FOLDER" in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()

@@ -108,7 +108,7 @@ def evaluate(
     synth = json.loads((Path(synth_dir) / "synth.json").read_text())
     transforms = json.loads((Path(data_dir) / "transforms.json").read_text())
     frames = transforms["frames"]
-    size = int(recon.model.crop_settings[2])
+    size = recon.model.crop.size
 
     # 1. Training images with their own latents and cameras.
     psnrs, ssims = [], []

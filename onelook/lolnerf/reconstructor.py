@@ -124,7 +124,7 @@ class Reconstructor:
         placement = self.locate(landmarks, rgb.shape[:2], focal_length)
         height, width = rgb.shape[:2]
         x0, y0, side = placement.crop_box
-        crop_size = int(self.model.crop_settings[2])
+        crop_size = self.model.crop.size
         scale = crop_size / side
 
         # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
@@ -177,9 +177,9 @@ class Reconstructor:
             raise ValueError(f"the model has {len(canonical)} keypoints; got landmarks of shape {landmarks.shape}")
         if focal_length is not None and not (np.isfinite(focal_length) and focal_length > 0):
             raise ValueError(f"focal_length must be positive pixels, got {focal_length!r}")
-        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
-        x0, y0, side = keypoint_crop_box(landmarks, crop_scale)
-        focal = crop_focal * side / crop_size if focal_length is None else float(focal_length)
+        crop = self.model.crop
+        x0, y0, side = keypoint_crop_box(landmarks, crop.scale)
+        focal = crop.focal * side / crop.size if focal_length is None else float(focal_length)
         c2w, residual = estimate_pose(canonical, landmarks, focal, image_size)
         return PhotoPlacement(c2w, focal, (x0, y0, side), residual, viewing_angles(self.to_model_frame(c2w)))
 
@@ -190,28 +190,27 @@ class Reconstructor:
 
     def reconstruction(self, latent: torch.Tensor, yaw: float = 0.0, pitch: float = 0.0) -> Reconstruction:
         """A latent (sampled, interpolated, ...) seen from a training-like camera at `yaw`/`pitch` degrees."""
-        crop_size = int(self.model.crop_settings[2])
+        size = self.model.crop.size
         c2w, focal = self.orbit_camera(yaw, pitch)
-        return Reconstruction(self, latent.to(self.device), c2w, focal, (crop_size, crop_size))
+        return Reconstruction(self, latent.to(self.device), c2w, focal, (size, size))
 
     def orbit_camera(self, yaw: float, pitch: float, distance: float | None = None) -> tuple[np.ndarray, float]:
         """A camera looking at the origin from `yaw` (around +Z, 0 = front) and `pitch` degrees, at the
         training cameras' typical distance and focal length (model frame)."""
-        _, crop_focal, _ = self.model.crop_settings.tolist()
         distance = self.typical_distance if distance is None else distance
-        return look_at(orbit_positions(yaw, pitch, distance)[None])[0], crop_focal
+        return look_at(orbit_positions(yaw, pitch, distance)[None])[0], self.model.crop.focal
 
     @property
     def typical_distance(self) -> float:
         """How far training cameras were from the object: from the crop geometry and keypoint spread."""
-        crop_scale, crop_focal, crop_size = self.model.crop_settings.tolist()
+        crop = self.model.crop
         keypoints = self.canonical_keypoints
         extent = float((keypoints.max(axis=0) - keypoints.min(axis=0))[[0, 2]].max())  # as seen from the front
-        return crop_focal * extent * crop_scale / crop_size
+        return crop.focal * extent * crop.scale / crop.size
 
     def interpolate(self, first: Reconstruction, second: Reconstruction, frames: int = 12) -> list[np.ndarray]:
         """Views (front, training-like camera, crop size) of latents blended from `first`'s to `second`'s."""
-        size = int(self.model.crop_settings[2])
+        size = self.model.crop.size
         c2w, focal = self.orbit_camera(0.0, 0.0)
         blends = [torch.lerp(first.latent, second.latent, t) for t in np.linspace(0.0, 1.0, frames)]
         return [self.render(latent, c2w, focal, size)["rgb"] for latent in blends]

@@ -10,6 +10,7 @@ Losses: RGB, mask on the foreground opacity, hard surface on the foreground weig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,15 @@ from onelook.field_components.latent_table import LatentTable
 from onelook.fields.lolnerf_field import LOLNeRFField
 from onelook.model_components.losses import hard_surface_loss, mask_loss
 from onelook.model_components.sampling import SphereSampler, sphere_interval  # noqa: F401 - sphere_interval's old home
+
+
+class CropSettings(NamedTuple):
+    """The training photos' crop: the keypoints' spread times `scale` is the crop's side, which was resized to
+    `size` pixels, where the camera's focal length was `focal` pixels."""
+
+    scale: float
+    focal: float
+    size: int
 
 
 @dataclass
@@ -108,6 +118,12 @@ class LOLNeRFModel(Model):
         self.renderer_depth = DepthRenderer(method="expected")
         self.step = 0
 
+    @property
+    def crop(self) -> CropSettings:
+        """How the training photos were cropped (saved with the weights as the buffer `crop_settings`)."""
+        scale, focal, size = self.crop_settings.tolist()
+        return CropSettings(scale, focal, int(size))
+
     @staticmethod
     def num_train_data_from_state(state: dict) -> int:
         return state["latents.embedding.weight"].shape[0]
@@ -115,13 +131,13 @@ class LOLNeRFModel(Model):
     @staticmethod
     def metadata_from_state(state: dict) -> dict:
         """The constructor's metadata, recovered from a checkpoint (see `onelook.runs.load_model`)."""
-        crop_scale, crop_focal, crop_size = state["crop_settings"].tolist()
+        scale, focal, size = state["crop_settings"].tolist()
         return {
             "num_latents": state["latents.embedding.weight"].shape[0],
             "canonical_keypoints": state["canonical_keypoints"],
-            "crop_scale": crop_scale,
-            "crop_focal": crop_focal,
-            "crop_size": int(crop_size),
+            "crop_scale": scale,
+            "crop_focal": focal,
+            "crop_size": int(size),
         }
 
     def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
