@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CROP_SCALE,
         help=f"crop side / keypoint extent (default {DEFAULT_CROP_SCALE})",
     )
-    prep.add_argument("--workers", type=int, default=2, help="processes for per-image work (default 2)")
+    prep.add_argument(
+        "--workers", type=int, default=None, help="processes for per-image work (default: one per CPU core)"
+    )
     prep.set_defaults(func=_prepare)
 
     syn = sub.add_parser("synth", help="render a synthetic category (heads, animals, cars) with exact ground truth")

@@ -23,6 +23,10 @@ from onelook.data.prior_views import PriorViewDataManagerConfig
 from onelook.models.lolnerf import LOLNeRFModelConfig
 from onelook.models.realfusion import RealFusionModelConfig
 
+# LOLNeRF's datasets (FFHQ: 70,000 photos) do not fit in memory as float images: see the datamanager below.
+IMAGES_IN_MEMORY = 1000
+IMAGE_SUBSET_STEPS = 250
+
 
 def _adam(lr: float, decay_steps: int | None = None) -> dict:
     """Adam with nerfstudio's eps for NeRFs; with `decay_steps`, the rate decays exponentially to lr/10 over them."""
@@ -51,6 +55,13 @@ def _lolnerf_trainer(
                 eval_num_rays_per_batch=rays,
                 # Sample every pixel, not just the masked ones: the mask supervises the foreground opacity.
                 pixel_sampler=PixelSamplerConfig(ignore_mask=True),
+                # Memory flat in the number of photos: rays come from IMAGES_IN_MEMORY images at a time (all of
+                # a smaller dataset), a new random subset every IMAGE_SUBSET_STEPS steps; evaluation rays (every
+                # eighth photo) likewise from a tenth as many.
+                train_num_images_to_sample_from=IMAGES_IN_MEMORY,
+                train_num_times_to_repeat_images=IMAGE_SUBSET_STEPS,
+                eval_num_images_to_sample_from=IMAGES_IN_MEMORY // 10,
+                eval_num_times_to_repeat_images=10,
             ),
             model=model,
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -35,8 +36,6 @@ def test_mask_loss():
 
 @pytest.fixture(scope="module")
 def pipeline(synth_dataset):
-    import copy
-
     from onelook.configs import lolnerf_small_method
 
     config = copy.deepcopy(lolnerf_small_method.config)  # setup writes into configs: keep the registered one clean
@@ -94,3 +93,37 @@ def test_evaluation_renders_whole_images(pipeline):
     metrics, images = model.get_image_metrics_and_images(outputs, batch)
     assert set(metrics) == {"psnr", "ssim"} and math.isfinite(metrics["psnr"])
     assert images["img"].shape == (64, 128, 3)
+
+
+def test_rays_come_from_a_rotating_subset_of_images_with_their_own_latents(synth_dataset):
+    """At scale only `train_num_images_to_sample_from` images are held in memory, a new subset every
+    `train_num_times_to_repeat_images` steps: every ray still carries its own image's pixels and latent."""
+    from onelook.configs import lolnerf_small_method
+
+    config = copy.deepcopy(lolnerf_small_method.config)
+    datamanager_config = config.pipeline.datamanager
+    assert datamanager_config.train_num_images_to_sample_from > 0 < datamanager_config.eval_num_images_to_sample_from
+    config.pipeline.datamanager.data = synth_dataset
+    config.pipeline.datamanager.train_num_rays_per_batch = 256
+    config.pipeline.datamanager.train_num_images_to_sample_from = 8
+    config.pipeline.datamanager.train_num_times_to_repeat_images = 3
+    torch.manual_seed(0)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    datamanager, model = pipeline.datamanager, pipeline.model
+    assert datamanager.train_image_dataloader.cached_collated_batch is None  # not every image is held
+    dataset = datamanager.train_dataset
+    with torch.no_grad():
+        model.latents.embedding.weight.copy_(torch.arange(len(dataset), dtype=torch.float32)[:, None])
+    subsets = []
+    for step in range(9):
+        bundle, batch = datamanager.next_train(step)
+        images = batch["indices"][:, 0]
+        assert len(images.unique()) <= 8
+        subsets.append(frozenset(images.tolist()))
+        # The ray's pixel is its image's, and its latent is its image's latent.
+        for ray in range(0, len(images), 37):
+            image, y, x = batch["indices"][ray].tolist()
+            torch.testing.assert_close(batch["image"][ray, :3], dataset[image]["image"][y, x, :3])
+        assert torch.equal(model.latents_for(bundle)[:, 0], bundle.camera_indices[:, 0].float())
+    assert subsets[0] | subsets[1] | subsets[2] != subsets[3] | subsets[4] | subsets[5]  # a new subset
+    assert len(frozenset().union(*subsets)) > 8

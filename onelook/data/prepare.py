@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -72,10 +73,11 @@ def prepare_dataset(
     focal_length: float | None = None,
     size: int = 128,
     crop_scale: float = DEFAULT_CROP_SCALE,
-    workers: int = 2,
+    workers: int | None = None,
     progress: bool = True,
 ) -> PrepareReport:
-    """Builds (or resumes building) a dataset in `out`; see the module docstring."""
+    """Builds (or resumes building) a dataset in `out`; see the module docstring. `workers`: processes for the
+    per-image work, default one per CPU core."""
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder not found: {images_dir}")
@@ -124,6 +126,7 @@ def prepare_dataset(
         jobs.append((name, ImageJob(source, name, out, size, crop_scale, keypoints, mask)))
 
     bar = tqdm(total=len(jobs), desc="preparing images", unit="img", disable=not progress)
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")  # MediaPipe and torch do not survive fork safely
         with ProcessPoolExecutor(
