@@ -61,6 +61,38 @@ def test_resume_skips_finished_images(synth_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_killed_prepare_resumes_where_it_stopped(tmp_path):
+    """`onelook prepare` killed (SIGKILL) part-way through 1,500 photos, then run again: the photos it had
+    finished are reused, the rest are prepared, and the dataset has every photo."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from onelook.data.synthetic import generate
+
+    synth = generate(n=1500, size=32, seed=3, out=tmp_path / "synth", progress=False)
+    out = tmp_path / "dataset"
+    command = [sys.executable, "-m", "onelook.cli", "prepare", str(synth / "images"), "--out", str(out)]
+    command += ["--landmarks", str(synth / "landmarks.json"), "--masks", str(synth / "masks"), "--size", "32"]
+    process = subprocess.Popen(command + ["--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    records = out / "records"
+    deadline = time.monotonic() + 120
+    while len(list(records.glob("*.json"))) < 20 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(records.glob("*.json")))
+    assert 20 <= finished < 1500, f"killed after {finished} photos: not part-way"
+    assert not (out / "transforms.json").exists()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    reused = int(result.stdout.split(" reused from an earlier run")[0].rsplit("(", 1)[1])
+    assert reused >= finished
+    frames = json.loads((out / "transforms.json").read_text())["frames"]
+    assert len(frames) >= 1490  # a few photos may be flagged as camera outliers
+
+
+@pytest.mark.slow
 def test_real_photos_and_bad_files_with_mediapipe(tmp_path, capsys, png_header_only):
     """Every kind of bad input in one folder: each is handled or reported, none stops the run."""
     photos = tmp_path / "photos"
