@@ -127,3 +127,32 @@ def test_rays_come_from_a_rotating_subset_of_images_with_their_own_latents(synth
         assert torch.equal(model.latents_for(bundle)[:, 0], bundle.camera_indices[:, 0].float())
     assert subsets[0] | subsets[1] | subsets[2] != subsets[3] | subsets[4] | subsets[5]  # a new subset
     assert len(frozenset().union(*subsets)) > 8
+
+
+def test_the_viewer_shows_the_latent_its_controls_choose(pipeline):
+    """Cameras of no training image (the viewer's) take the latent chosen in the viewer's panel, which
+    nerfstudio's viewer finds on the pipeline."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.viewer.utils import parse_object
+    from nerfstudio.viewer.viewer_elements import ViewerElement
+
+    model = pipeline.model
+    names = {element.name for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")}
+    assert {"Latent", "Training image", "Truncation"} <= names
+    training = pipeline.datamanager.train_dataset.cameras[5:6]
+    viewer_camera = Cameras(
+        camera_to_worlds=training.camera_to_worlds, fx=training.fx, fy=training.fy, cx=training.cx, cy=training.cy
+    )
+    bundle = viewer_camera.generate_rays(camera_indices=0, keep_shape=False)
+    table, controls = model.latents.embedding.weight, model.viewer_latent
+    mean = table.mean(dim=0)
+    controls.image.value, controls.truncation.value = 7, 1.0
+    torch.testing.assert_close(model.latents_for(bundle), table[7].expand(len(bundle), -1))
+    controls.truncation.value = 0.5
+    torch.testing.assert_close(model.latents_for(bundle)[0], mean + 0.5 * (table[7] - mean))
+    controls.source.value = "mean"
+    torch.testing.assert_close(model.latents_for(bundle)[0], mean)
+    controls.source.value, controls.truncation.value, controls.image.value = "training image", 1.0, 0
+    # A training image's own rays keep their own latent whatever the controls say.
+    own = training.generate_rays(camera_indices=0, keep_shape=False)
+    torch.testing.assert_close(model.latents_for(own)[0], table[5])

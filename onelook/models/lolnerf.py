@@ -1,9 +1,10 @@
 """LOLNeRF as a nerfstudio model: GLO latents + a latent-conditioned NeRF, split into foreground and background.
 
-Per ray: the latent of its image (camera metadata `latent_idx`, or an explicit `latent` in the ray bundle's
-metadata when fitting a new photo); foreground samples inside the scene sphere, coarse then importance
-(PDF) samples evaluated by one foreground field; background samples in a shell behind the sphere, evaluated
-by a smaller background field; colour = foreground + (1 - foreground opacity) * background.
+Per ray: the latent of its image (camera metadata `latent_idx`), or an explicit `latent` in the ray bundle's
+metadata (fitting a new photo), or for the viewer's cameras the one its controls choose (`ViewerLatent`);
+foreground samples inside the scene sphere, coarse then importance (PDF) samples evaluated by one foreground
+field; background samples in a shell behind the sphere, evaluated by a smaller background field;
+colour = foreground + (1 - foreground opacity) * background.
 Losses: RGB, mask on the foreground opacity, hard surface on the foreground weights.
 """
 
@@ -28,6 +29,7 @@ from onelook.field_components.latent_table import LatentTable
 from onelook.fields.lolnerf_field import LOLNeRFField
 from onelook.model_components.losses import hard_surface_loss, mask_loss
 from onelook.model_components.sampling import SphereSampler, sphere_interval  # noqa: F401 - sphere_interval's old home
+from onelook.model_components.viewer_latent import ViewerLatent
 
 
 class CropSettings(NamedTuple):
@@ -95,6 +97,7 @@ class LOLNeRFModel(Model):
         self.register_buffer("crop_settings", torch.tensor(crop, dtype=torch.float32))  # scale, focal px, size px
         self.register_buffer("scene_radius_buffer", torch.tensor(self.scene_radius))
         self.latents = LatentTable(num_latents, cfg.latent_dim, cfg.latent_init_std)
+        self.viewer_latent = ViewerLatent(num_latents)
         self.foreground = LOLNeRFField(
             cfg.latent_dim,
             cfg.num_layers,
@@ -153,12 +156,14 @@ class LOLNeRFModel(Model):
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_step)]
 
     def latents_for(self, ray_bundle: RayBundle) -> Tensor:
-        """Each ray's latent: explicit in metadata, else looked up by the image's latent index."""
+        """Each ray's latent: explicit in metadata, else looked up by its image's latent index; rays of a camera
+        that belongs to no image (the viewer's) take the latent the viewer's controls choose."""
         metadata = ray_bundle.metadata or {}
         if "latent" in metadata:
             return metadata["latent"]
-        indices = metadata.get("latent_idx", ray_bundle.camera_indices)
-        return self.latents(indices)
+        if "latent_idx" in metadata:
+            return self.latents(metadata["latent_idx"])
+        return self.viewer_latent.latent(self.latents).expand(len(ray_bundle), -1)
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
         latent = self.latents_for(ray_bundle)
