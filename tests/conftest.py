@@ -36,6 +36,19 @@ def ns_train() -> NsTrain:
     return NsTrain()
 
 
+@pytest.fixture
+def chromium():
+    """Debian's chromium through Playwright (never a downloaded browser), headless, drawing WebGL in software."""
+    from playwright.sync_api import sync_playwright
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+    args += ["--disable-background-networking", "--disable-component-update", "--no-first-run"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     from onelook.data.synthetic import generate

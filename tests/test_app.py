@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -371,18 +372,6 @@ def test_missing_models_are_explained(tmp_path, photos):
         process.wait(30)
 
 
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
 def open_with_the_cup(browser, url: str, photos: dict):
     """The "Any object" tab with the cup uploaded and its preview shown."""
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
@@ -395,10 +384,9 @@ def open_with_the_cup(browser, url: str, photos: dict):
     return page
 
 
-def test_browser_stop_ends_a_long_reconstruction_at_once(app, photos):
+def test_browser_stop_ends_a_long_reconstruction_at_once(app, photos, chromium):
     """A visitor in Debian's chromium presses Stop during training: within 2 s the worker that ran the step is
     gone (killed, not waited on) and a fresh one has been started."""
-    from playwright.sync_api import sync_playwright
 
     def current_worker() -> int | None:
         try:
@@ -406,41 +394,33 @@ def test_browser_stop_ends_a_long_reconstruction_at_once(app, photos):
         except AssertionError:  # between the kill and the new worker's start
             return None
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-        page = open_with_the_cup(browser, app, photos)
-        page.get_by_label("quick").first.check()
-        page.get_by_role("button", name="Reconstruct").first.click()
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('training'))", timeout=180_000
-        )
-        worker = current_worker()
-        started = time.time()
-        page.get_by_role("button", name="Stop").first.click()
-        while current_worker() in (worker, None) and time.time() - started < 10:
-            time.sleep(0.02)
-        stopped_after = time.time() - started
-        browser.close()
+    page = open_with_the_cup(chromium, app, photos)
+    page.get_by_label("quick").first.check()
+    page.get_by_role("button", name="Reconstruct").first.click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('training'))", timeout=180_000
+    )
+    worker = current_worker()
+    started = time.time()
+    page.get_by_role("button", name="Stop").first.click()
+    while current_worker() in (worker, None) and time.time() - started < 10:
+        time.sleep(0.02)
+    stopped_after = time.time() - started
     print(f"Stop in the browser took {stopped_after:.2f} s")
     assert worker is not None and stopped_after < 2.0
 
 
-def test_browser_upload_reconstruct_and_view(app, photos):
+def test_browser_upload_reconstruct_and_view(app, photos, chromium):
     """Debian's chromium through Playwright: the visitor's whole path, with a screenshot kept as an artifact."""
-    from playwright.sync_api import sync_playwright
-
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-        page = open_with_the_cup(browser, app, photos)
-        page.get_by_label("preview").first.check()
-        page.get_by_role("button", name="Reconstruct").first.click()
-        page.locator("video").first.wait_for(timeout=300_000)
-        page.locator("canvas").first.wait_for(timeout=60_000)
-        time.sleep(3)  # let the viewer draw
-        page.screenshot(path=str(ARTIFACTS / "app-any-object.png"), full_page=True)
-        canvas = page.locator("canvas").first.screenshot()
-        browser.close()
-    pixels = np.asarray(Image.open(__import__("io").BytesIO(canvas)).convert("RGB"), dtype=float)
+    page = open_with_the_cup(chromium, app, photos)
+    page.get_by_label("preview").first.check()
+    page.get_by_role("button", name="Reconstruct").first.click()
+    page.locator("video").first.wait_for(timeout=300_000)
+    page.locator("canvas").first.wait_for(timeout=60_000)
+    time.sleep(3)  # let the viewer draw
+    page.screenshot(path=str(ARTIFACTS / "app-any-object.png"), full_page=True)
+    canvas = page.locator("canvas").first.screenshot()
+    pixels = np.asarray(Image.open(io.BytesIO(canvas)).convert("RGB"), dtype=float)
     assert pixels.std() > 1.0, "the 3D viewer's canvas is blank"
     print(json.dumps({"screenshot": str(ARTIFACTS / "app-any-object.png")}))

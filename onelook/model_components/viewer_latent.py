@@ -7,7 +7,7 @@ towards the mean (1 = the code itself, 0 = the mean), as sampling does.
 
 from __future__ import annotations
 
-from nerfstudio.viewer.viewer_elements import ViewerDropdown, ViewerSlider
+from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerDropdown, ViewerSlider
 from torch import Tensor, nn
 
 from onelook.field_components.latent_table import LatentTable
@@ -20,9 +20,22 @@ class ViewerLatent(nn.Module):
 
     def __init__(self, num_latents: int):
         super().__init__()
-        self.source = ViewerDropdown("Latent", TRAINING_IMAGE, [TRAINING_IMAGE, MEAN], hint="whose latent to show")
-        self.image = ViewerSlider("Training image", 0, 0, max(num_latents - 1, 1), step=1, hint="its index")
-        self.truncation = ViewerSlider("Truncation", 1.0, 0.0, 1.0, step=0.05, hint="0: the mean, 1: the code")
+        self.viewer_control = ViewerControl()  # the viewer hands itself to it: a change re-renders the view
+
+        def rerender(_) -> None:
+            viewer = getattr(self.viewer_control, "viewer", None)
+            if viewer is not None:
+                viewer._trigger_rerender()  # what the viewer's own controls call
+
+        self.source = ViewerDropdown(
+            "Latent", TRAINING_IMAGE, [TRAINING_IMAGE, MEAN], cb_hook=rerender, hint="whose latent to show"
+        )
+        self.image = ViewerSlider(
+            "Training image", 0, 0, max(num_latents - 1, 1), 1, cb_hook=rerender, hint="the image's index"
+        )
+        self.truncation = ViewerSlider(
+            "Truncation", 1.0, 0.0, 1.0, 0.05, cb_hook=rerender, hint="0: the mean, 1: the training image's code"
+        )
 
     def latent(self, table: LatentTable) -> Tensor:
         """(latent_dim,) the code the controls choose."""
