@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 
+from onelook.cameras.geometry import CV_TO_GL
+
 # Canonical keypoints are scaled so that their RMS distance from their centroid is this, in world units. With
 # the five face keypoints this puts a whole head inside the [-1, 1]^3 scene box.
 CANONICAL_RMS_RADIUS = 0.25
@@ -38,8 +40,6 @@ ROBUST_WIDTH = 2.0
 FINAL_LOSS_WIDTH = 4.0
 # Levenberg-Marquardt stops when an iteration lowers the cost by less than this fraction.
 COST_TOLERANCE = 1e-6
-# OpenCV camera axes (x right, y down, z forward) to OpenGL ones (x right, y up, z backward).
-_CV_TO_GL = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
 
 
 @dataclass
@@ -489,7 +489,7 @@ def _to_world(
     x_axis = torch.cross(y_axis, up, dim=0)
     align = torch.stack([x_axis, y_axis, up])  # rows: the new axes in the fit's frame
     c2w = torch.zeros(len(inlier), 4, 4, dtype=torch.float64)
-    c2w[:, :3, :3] = align @ rot_t @ _CV_TO_GL
+    c2w[:, :3, :3] = align @ rot_t @ torch.from_numpy(CV_TO_GL)
     c2w[:, :3, 3] = (centres @ align.T) * CANONICAL_RMS_RADIUS
     c2w[:, 3, 3] = 1.0
     return CameraFit(

@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+# OpenCV camera axes (x right, y down, z forward) to OpenGL ones (x right, y up, z backward): its own inverse.
+CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+
 
 def look_at(positions: np.ndarray, target: np.ndarray | None = None, up: np.ndarray | None = None) -> np.ndarray:
     """Camera-to-world matrices (N, 4, 4) of cameras at `positions` (N, 3) looking at `target`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_CV_TO_GL = np.diag([1.0, -1.0, -1.0])
+from onelook.cameras.geometry import CV_TO_GL
 
 
 def estimate_pose(
@@ -37,6 +37,6 @@ def estimate_pose(
     residual = float(np.linalg.norm(projected[:, 0] - img, axis=1).mean())
     rot = cv2.Rodrigues(rvec)[0]
     c2w = np.eye(4)
-    c2w[:3, :3] = rot.T @ _CV_TO_GL
+    c2w[:3, :3] = rot.T @ CV_TO_GL
     c2w[:3, 3] = -rot.T @ tvec[:, 0]
     return c2w, residual

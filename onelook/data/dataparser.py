@@ -1,4 +1,4 @@
-"""The `onelook-data` dataparser: reads the transforms.json written by `onelook prepare`.
+"""LOLNeRF's dataparser (`onelook-data`): reads the transforms.json written by `onelook prepare`.
 
 Every frame is a training image with its own latent code, so evaluation frames are a subset of the training
 frames that keep their training latent index. The index travels in `Cameras.metadata["latent_idx"]`: at
