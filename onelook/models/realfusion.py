@@ -84,7 +84,7 @@ class RealFusionModelConfig(ModelConfig):
     normals: Literal["surface", "samples"] = "surface"
     """Where the prior view's normals (shading and the normal regularisers) are taken: "surface", once per ray
     at its expected surface point (deferred shading: 6 extra density queries per ray); "samples", at every
-    sample and composited, as the released code does (6 extra queries per sample, about 4x the work on a CPU)."""
+    sample and composited, as the released code does (6 extra queries per sample: 3-4x the work on a CPU)."""
     prior_view_chunk: int = 1024
     """Rays per chunk when the prior view is rendered in two passes: once without gradients (scored by the
     prior and the regularisers), then again chunk by chunk, each chunk back-propagating its share of the
