@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,18 @@ class NsTrain:
 @pytest.fixture(scope="session")
 def ns_train() -> NsTrain:
     return NsTrain()
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function that gives a TCP port free on the loopback address at the moment it is called."""
+
+    def find() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return find
 
 
 @pytest.fixture

@@ -61,14 +61,7 @@ def wait_for_output(job, text: str, timeout: float = 180) -> None:
     assert any(text in str(out) for out in job.outputs()), f"never saw {text!r}: {job.outputs()[-3:]}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_app(tmp_path: Path, port: int, *args: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(tmp_path / f"app-{port}.log", "w")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
@@ -92,9 +85,9 @@ def start_app(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 @pytest.fixture(scope="module")
-def app(trained_run, tmp_path_factory):
+def app(trained_run, tmp_path_factory, free_port):
     tmp = tmp_path_factory.mktemp("app")
-    process, url = start_app(tmp, "--prior", "tiny", "--lolnerf-run", str(trained_run), "--device", "cpu")
+    process, url = start_app(tmp, free_port(), "--prior", "tiny", "--lolnerf-run", str(trained_run), "--device", "cpu")
     OUTPUT_ROOT["app"] = tmp / "onelook-app"  # the app's output folders (it runs with TMPDIR=tmp)
     SERVER["pid"] = process.pid
     yield url
@@ -297,13 +290,14 @@ def test_examples_are_recognised_by_content_not_name(app, tmp_path):
     assert "head pose" in text
 
 
-def test_huge_uploads_are_refused_or_reduced_in_little_memory(trained_run, huge_images, tmp_path):
+def test_huge_uploads_are_refused_or_reduced_in_little_memory(trained_run, huge_images, tmp_path, free_port):
     """A fresh app (so that the kernel's peak-memory records hold only this): a flat 40000x40000 PNG is refused
     from its header; a 16-bit 12000x9000 face is reduced and its landmarks found; no process passes 2 GB."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    process, url = start_app(tmp_path, "--prior", "tiny", "--lolnerf-run", str(trained_run), "--device", "cpu")
+    options = ("--prior", "tiny", "--lolnerf-run", str(trained_run), "--device", "cpu")
+    process, url = start_app(tmp_path, free_port(), *options)
     try:
         with pytest.raises(AppError, match=r"too large \(1600 M pixels\)"):
             client(url).predict(
@@ -355,8 +349,8 @@ def test_files_outside_the_app_cannot_be_read(app):
             urllib.request.urlopen(f"{app}gradio_api/file={path}", timeout=10)
 
 
-def test_missing_models_are_explained(tmp_path, photos):
-    process, url = start_app(tmp_path, "--lolnerf-run", str(tmp_path / "nowhere"), "--device", "cpu")
+def test_missing_models_are_explained(tmp_path, photos, free_port):
+    process, url = start_app(tmp_path, free_port(), "--lolnerf-run", str(tmp_path / "nowhere"), "--device", "cpu")
     try:
         import urllib.request
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 STEPS = 12
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_rank(rank: int, world_size: int, port: int, dataset: Path, out: Path) -> None:
@@ -72,8 +65,8 @@ def _train_rank(rank: int, world_size: int, port: int, dataset: Path, out: Path)
 
 
 @pytest.mark.slow
-def test_two_ranks_train_one_model_and_its_checkpoint_loads(synth_dataset, tmp_path):
-    mp.spawn(_train_rank, args=(2, _free_port(), synth_dataset, tmp_path), nprocs=2, join=True)
+def test_two_ranks_train_one_model_and_its_checkpoint_loads(synth_dataset, tmp_path, free_port):
+    mp.spawn(_train_rank, args=(2, free_port(), synth_dataset, tmp_path), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert ranks[0]["first_rays"] != ranks[1]["first_rays"], "both ranks drew the same rays"
     # DDP all-reduces the gradients, so both ranks take the same steps and end with the same weights.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import time
 
@@ -12,12 +11,6 @@ import pytest
 from PIL import Image
 
 ITERATIONS = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _render(page) -> np.ndarray:
@@ -44,10 +37,10 @@ def _choose_latent(page, option: str) -> None:
 
 
 @pytest.mark.slow
-def test_the_viewer_renders_the_latent_its_controls_choose(ns_train, synth_dataset, tmp_path, chromium):
+def test_the_viewer_renders_the_latent_its_controls_choose(ns_train, synth_dataset, tmp_path, chromium, free_port):
     """Training ends, the viewer stays up: in the browser, the page connects, and choosing the mean latent
     instead of a training image's changes the render; choosing the image again brings its render back."""
-    port = _free_port()
+    port = free_port()
     viewer = ["--vis", "viewer", "--viewer.websocket-port", str(port), "--viewer.websocket-host", "127.0.0.1"]
     viewer += ["--viewer.quit-on-train-completion", "False"]
     command = [ns_train.executable, "lolnerf-small", "--data", str(synth_dataset), "--output-dir", str(tmp_path)]

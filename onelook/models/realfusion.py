@@ -176,31 +176,32 @@ class RealFusionModel(Model):
         albedo = torch.sigmoid(albedo_logits)
         accumulation = self.renderer_accumulation(weights)
         out = {"accumulation": accumulation, "depth": self.renderer_depth(weights, samples)}
-        if not normals and shading == "albedo":
-            out["rgb"] = (weights * albedo).sum(dim=-2)
-        elif self.config.normals == "samples":
-            sample_normals = self.field.normals(samples.frustums.get_positions())
-            out["normals"] = (weights * sample_normals).sum(dim=-2)
-            facing = (sample_normals * samples.frustums.directions).sum(-1, keepdim=True)
-            out["orientation"] = (weights.detach() * F.relu(facing) ** 2).sum(dim=-2)
-            if shading != "albedo":
-                shade = self._shade(sample_normals, light)
-                albedo = shade if shading == "textureless" else albedo * shade
-            out["rgb"] = (weights * albedo).sum(dim=-2)
-        else:
-            # Each ray's expected termination point; no gradient reaches its placement, the normal's finite
-            # differences train the geometry there.
-            with torch.no_grad():
-                surface = (weights * samples.frustums.get_positions()).sum(dim=-2) / accumulation.clamp(min=1e-6)
-            surface_normals = self.field.normals(surface)
-            out["normals"] = accumulation * surface_normals
-            facing = (surface_normals * samples.frustums.directions[..., 0, :]).sum(-1, keepdim=True)
-            out["orientation"] = accumulation.detach() * F.relu(facing) ** 2
-            rgb = (weights * albedo).sum(dim=-2)
-            if shading != "albedo":
-                shade = self._shade(surface_normals, light)
-                rgb = accumulation * shade if shading == "textureless" else rgb * shade
-            out["rgb"] = rgb
+        surface_shade = None  # deferred shading: one shade per ray, applied to the composited colour
+        if normals or shading != "albedo":
+            if self.config.normals == "samples":
+                sample_normals = self.field.normals(samples.frustums.get_positions())
+                out["normals"] = (weights * sample_normals).sum(dim=-2)
+                facing = (sample_normals * samples.frustums.directions).sum(-1, keepdim=True)
+                out["orientation"] = (weights.detach() * F.relu(facing) ** 2).sum(dim=-2)
+                if shading != "albedo":
+                    shade = self._shade(sample_normals, light)
+                    albedo = shade if shading == "textureless" else albedo * shade
+            else:
+                # Each ray's expected termination point; no gradient reaches its placement, the normal's finite
+                # differences train the geometry there.
+                with torch.no_grad():
+                    positions = samples.frustums.get_positions()
+                    surface = (weights * positions).sum(dim=-2) / accumulation.clamp(min=1e-6)
+                surface_normals = self.field.normals(surface)
+                out["normals"] = accumulation * surface_normals
+                facing = (surface_normals * samples.frustums.directions[..., 0, :]).sum(-1, keepdim=True)
+                out["orientation"] = accumulation.detach() * F.relu(facing) ** 2
+                if shading != "albedo":
+                    surface_shade = self._shade(surface_normals, light)
+        rgb = (weights * albedo).sum(dim=-2)
+        if surface_shade is not None:
+            rgb = accumulation * surface_shade if shading == "textureless" else rgb * surface_shade
+        out["rgb"] = rgb
         return out
 
     def _shade(self, normals: Tensor, light: Tensor) -> Tensor:
