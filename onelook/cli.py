@@ -29,8 +29,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from onelook.data.object_family import generate_objects, orbit_views
     from onelook.data.synthetic import generate
 
+    if args.category == "objects":
+        generate_objects(args.n, args.size, args.seed, args.out)
+        print(f"{args.n} synthetic objects, {len(orbit_views())} views each, written to {args.out}")
+        print(f"reconstruct one from its front: ns-train realfusion --data {args.out / 'images' / '00000_000_15.png'}")
+        return 0
     generate(args.n, args.size, args.seed, args.out, category=args.category)
     print(f"{args.n} synthetic {args.category} written to {args.out}")
     print(
@@ -206,9 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.set_defaults(func=_prepare)
 
-    syn = sub.add_parser("synth", help="render a synthetic category (heads, animals, cars) with exact ground truth")
-    syn.add_argument("--category", choices=["heads", "animals", "cars"], default="heads")
-    syn.add_argument("--n", type=int, default=200, help="number of identities, one view each")
+    syn = sub.add_parser(
+        "synth",
+        help="render a synthetic category with exact ground truth: LOLNeRF's heads, animals, cars (one view each) "
+        "or RealFusion's objects (from all around)",
+    )
+    syn.add_argument("--category", choices=["heads", "animals", "cars", "objects"], default="heads")
+    syn.add_argument("--n", type=int, default=200, help="number of identities")
     syn.add_argument("--size", type=int, default=128)
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", type=Path, required=True)

@@ -69,8 +69,11 @@ class Render:
     depth: np.ndarray  # (H, W) float32, distance along the optical axis; 0 on the background
 
 
-def render(head: SynthObject, camera_to_world: np.ndarray, focal: float, size: int) -> Render:
-    """Ray casts one view of an object (OpenGL camera-to-world, square image of `size` pixels)."""
+def render(
+    head: SynthObject, camera_to_world: np.ndarray, focal: float, size: int, light: np.ndarray = _LIGHT
+) -> Render:
+    """Ray casts one view of an object (OpenGL camera-to-world, square image of `size` pixels), lit from the
+    unit direction `light` (world frame)."""
     mesh = head.mesh()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
@@ -91,7 +94,7 @@ def render(head: SynthObject, camera_to_world: np.ndarray, focal: float, size: i
     albedo = (weights * np.asarray(mesh.vertex_colors)[tris]).sum(axis=2)
     normals = (weights * np.asarray(mesh.vertex_normals)[tris]).sum(axis=2)  # smooth shading
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(min=1e-9)
-    shade = 0.35 + 0.65 * np.clip(normals @ _LIGHT, 0.0, 1.0)
+    shade = 0.35 + 0.65 * np.clip(normals @ light, 0.0, 1.0)
     rgb = np.where(mask[..., None], albedo * shade[..., None], np.array(head.background))
     depth = np.where(mask, t_hit, 0.0).astype(np.float32)
     return Render(rgb=np.clip(rgb, 0.0, 1.0), mask=mask, depth=depth)

@@ -11,55 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
-from scipy.spatial.transform import Rotation
 
+from onelook.data.mesh_parts import box, combine, ellipsoid, front_y, hexahedron, random_colour, rotation_from_z
 from onelook.landmarks.mediapipe_face import FACE_KEYPOINT_NAMES
-
-
-def _colour(rng: np.random.Generator, lo: float, hi: float) -> tuple[float, float, float]:
-    return tuple(float(c) for c in rng.uniform(lo, hi, 3))
-
-
-def _front_y(radii: tuple[float, float, float], x: float, z: float) -> float:
-    """y of the front (-Y) surface of an origin-centred ellipsoid with half-axes `radii`, at (x, z)."""
-    a, b, c = radii
-    return -b * float(np.sqrt(max(1.0 - (x / a) ** 2 - (z / c) ** 2, 0.0)))
-
-
-def _ellipsoid(radii, centre, colour, resolution: int = 24) -> o3d.geometry.TriangleMesh:
-    mesh = o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=resolution)
-    mesh.vertices = o3d.utility.Vector3dVector(np.asarray(mesh.vertices) * np.asarray(radii) + np.asarray(centre))
-    mesh.paint_uniform_color(colour)
-    return mesh
-
-
-def _hexahedron(corners: np.ndarray, colour) -> o3d.geometry.TriangleMesh:
-    """A six-faced solid from its 8 corners (bottom face 0-3, top face 4-7, both counter-clockwise seen from
-    above), each face with its own vertices so that smooth shading keeps the edges sharp."""
-    faces = ((0, 3, 2, 1), (4, 5, 6, 7), (0, 1, 5, 4), (1, 2, 6, 5), (2, 3, 7, 6), (3, 0, 4, 7))
-    vertices, triangles = [], []
-    for face in faces:
-        base = len(vertices)
-        vertices += [corners[i] for i in face]
-        triangles += [(base, base + 1, base + 2), (base, base + 2, base + 3)]
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles))
-    mesh.paint_uniform_color(colour)
-    return mesh
-
-
-def _box(lo, hi, colour) -> o3d.geometry.TriangleMesh:
-    (x0, y0, z0), (x1, y1, z1) = lo, hi
-    bottom = [(x0, y0, z0), (x1, y0, z0), (x1, y1, z0), (x0, y1, z0)]
-    top = [(x, y, z1) for x, y, _ in bottom]
-    return _hexahedron(np.array(bottom + top, dtype=np.float64), colour)
-
-
-def _combine(parts: list[o3d.geometry.TriangleMesh]) -> o3d.geometry.TriangleMesh:
-    combined = parts[0]
-    for part in parts[1:]:
-        combined += part
-    combined.compute_vertex_normals()
-    return combined
 
 
 @dataclass
@@ -102,14 +56,14 @@ class SynthHead:
             mouth_height=float(rng.uniform(-0.4, -0.3)),
             hair_line=float(rng.uniform(0.35, 0.6)),
             skin=tuple(float(c) for c in skin),
-            hair=_colour(rng, 0.05, 0.6),
-            eyes=_colour(rng, 0.0, 0.35),
+            hair=random_colour(rng, 0.05, 0.6),
+            eyes=random_colour(rng, 0.0, 0.35),
             lips=(float(rng.uniform(0.5, 0.8)), float(rng.uniform(0.1, 0.3)), float(rng.uniform(0.15, 0.3))),
-            background=_colour(rng, 0.0, 1.0),
+            background=random_colour(rng, 0.0, 1.0),
         )
 
     def _front_y(self, x: float, z: float) -> float:
-        return _front_y(self.radii, x, z)
+        return front_y(self.radii, x, z)
 
     def keypoints(self) -> np.ndarray:
         """(5, 3) keypoints in the object's frame, in the order of KEYPOINT_NAMES."""
@@ -157,7 +111,7 @@ class SynthHead:
         mouth.paint_uniform_color(self.lips)
         parts.append(mouth)
 
-        return _combine(parts)
+        return combine(parts)
 
 
 @dataclass
@@ -186,7 +140,7 @@ class SynthAnimal:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> SynthAnimal:
-        fur = _colour(rng, 0.15, 0.85)
+        fur = random_colour(rng, 0.15, 0.85)
         return cls(
             skull=(float(rng.uniform(0.42, 0.52)), float(rng.uniform(0.42, 0.52)), float(rng.uniform(0.38, 0.48))),
             snout_length=float(rng.uniform(0.3, 0.5)),
@@ -201,14 +155,14 @@ class SynthAnimal:
             eye_radius=float(rng.uniform(0.05, 0.07)),
             fur=fur,
             muzzle=tuple(float(min(c * 1.4 + 0.15, 1.0)) for c in fur),
-            patch=_colour(rng, 0.0, 1.0),
+            patch=random_colour(rng, 0.0, 1.0),
             patch_side=float(rng.choice([-1.0, 1.0])),
-            eyes=_colour(rng, 0.0, 0.3),
-            background=_colour(rng, 0.0, 1.0),
+            eyes=random_colour(rng, 0.0, 0.3),
+            background=random_colour(rng, 0.0, 1.0),
         )
 
     def _front_y(self, x: float, z: float) -> float:
-        return _front_y(self.skull, x, z)
+        return front_y(self.skull, x, z)
 
     def _ear(self, sign: float) -> tuple[np.ndarray, np.ndarray]:
         """Base centre and axis (unit) of one ear."""
@@ -235,26 +189,26 @@ class SynthAnimal:
         return np.array(points, dtype=np.float64)
 
     def mesh(self) -> o3d.geometry.TriangleMesh:
-        skull = _ellipsoid(self.skull, (0.0, 0.0, 0.0), self.fur, resolution=40)
+        skull = ellipsoid(self.skull, (0.0, 0.0, 0.0), self.fur, resolution=40)
         verts = np.asarray(skull.vertices)
         colours = np.where(self.patch_side * verts[:, :1] > 0.15, self.patch, self.fur)
         skull.vertex_colors = o3d.utility.Vector3dVector(colours)
         centre = self._snout_centre()
         snout_radii = (self.snout_width, 0.5 * self.snout_length + 0.1, 0.8 * self.snout_width)
-        parts = [skull, _ellipsoid(snout_radii, centre, self.muzzle)]
+        parts = [skull, ellipsoid(snout_radii, centre, self.muzzle)]
         tip = self.keypoints()[4]
-        parts.append(_ellipsoid((0.06, 0.04, 0.05), tip + np.array([0.0, 0.04, 0.0]), (0.05, 0.04, 0.04), 12))
+        parts.append(ellipsoid((0.06, 0.04, 0.05), tip + np.array([0.0, 0.04, 0.0]), (0.05, 0.04, 0.04), 12))
         for sign in (-1.0, 1.0):
             base, axis = self._ear(sign)
             ear = o3d.geometry.TriangleMesh.create_cone(self.ear_radius, self.ear_length, resolution=16)
-            ear.rotate(_rotation_from_z(axis), center=(0.0, 0.0, 0.0))
+            ear.rotate(rotation_from_z(axis), center=(0.0, 0.0, 0.0))
             ear.translate(base)
             ear.paint_uniform_color(self.fur)
             parts.append(ear)
             x = sign * self.eye_spacing
             eye_centre = (x, self._front_y(x, self.eye_height) + 0.3 * self.eye_radius, self.eye_height)
-            parts.append(_ellipsoid((self.eye_radius,) * 3, eye_centre, self.eyes, 16))
-        return _combine(parts)
+            parts.append(ellipsoid((self.eye_radius,) * 3, eye_centre, self.eyes, 16))
+        return combine(parts)
 
 
 @dataclass
@@ -289,10 +243,10 @@ class SynthCar:
             cabin_length=float(rng.uniform(1.6, 2.1)),
             windscreen_slope=float(rng.uniform(0.3, 0.6)),
             light_inset=float(rng.uniform(0.18, 0.32)),
-            paint=_colour(rng, 0.05, 0.95),
-            glass=_colour(rng, 0.05, 0.25),
+            paint=random_colour(rng, 0.05, 0.95),
+            glass=random_colour(rng, 0.05, 0.25),
             lights=(float(rng.uniform(0.85, 1.0)), float(rng.uniform(0.8, 0.95)), float(rng.uniform(0.5, 0.8))),
-            background=_colour(rng, 0.0, 1.0),
+            background=random_colour(rng, 0.0, 1.0),
         )
 
     def _frame(self) -> dict[str, float]:
@@ -330,32 +284,27 @@ class SynthCar:
         f = self._frame()
         half, cabin = self.width / 2, f["cabin_half"]
         back = self.length / 2
-        parts = [_box((-half, f["front"], f["bottom"]), (half, back, f["deck"]), self.paint)]
+        parts = [box((-half, f["front"], f["bottom"]), (half, back, f["deck"]), self.paint)]
         cabin_back = min(f["screen_foot"] + self.cabin_length, back - 0.2)
         bottom = [(-cabin, f["screen_foot"], f["deck"]), (cabin, f["screen_foot"], f["deck"])]
         bottom += [(cabin, cabin_back, f["deck"]), (-cabin, cabin_back, f["deck"])]
         top = [(-cabin + 0.08, f["screen_top"], f["roof"]), (cabin - 0.08, f["screen_top"], f["roof"])]
         top += [(cabin - 0.08, cabin_back - 0.2, f["roof"]), (-cabin + 0.08, cabin_back - 0.2, f["roof"])]
-        parts.append(_hexahedron(np.array(bottom + top), self.glass))
-        parts.append(_hexahedron(np.array(top + [(x, y, z + 0.04) for x, y, z in top]), self.paint))  # the roof
+        parts.append(hexahedron(np.array(bottom + top), self.glass))
+        parts.append(hexahedron(np.array(top + [(x, y, z + 0.04) for x, y, z in top]), self.paint))  # the roof
         keypoints = self.keypoints()
         for light in keypoints[:2]:
-            parts.append(_box(light + (-0.16, 0.0, -0.07), light + (0.16, 0.06, 0.07), self.lights))
+            parts.append(box(light + (-0.16, 0.0, -0.07), light + (0.16, 0.06, 0.07), self.lights))
         for mirror in keypoints[2:4]:
             inner = np.array([np.sign(mirror[0]) * cabin, mirror[1], mirror[2]])
             lo, hi = np.minimum(inner, mirror), np.maximum(inner, mirror)
-            parts.append(_box(lo + (0.0, -0.04, -0.06), hi + (0.0, 0.04, 0.06), self.paint))
+            parts.append(box(lo + (0.0, -0.04, -0.06), hi + (0.0, 0.04, 0.06), self.paint))
         radius = 0.32
         for x in (-half + 0.02, half - 0.27):
             for y in (f["front"] + 0.75, back - 0.75):
                 wheel = o3d.geometry.TriangleMesh.create_cylinder(radius, 0.25, resolution=20)
-                wheel.rotate(_rotation_from_z(np.array([1.0, 0.0, 0.0])), center=(0.0, 0.0, 0.0))
+                wheel.rotate(rotation_from_z(np.array([1.0, 0.0, 0.0])), center=(0.0, 0.0, 0.0))
                 wheel.translate((x + 0.125, y, f["bottom"] - self.clearance + radius))
                 wheel.paint_uniform_color((0.08, 0.08, 0.08))
                 parts.append(wheel)
-        return _combine(parts)
-
-
-def _rotation_from_z(axis: np.ndarray) -> np.ndarray:
-    """The rotation taking +Z to the unit vector `axis`."""
-    return Rotation.align_vectors([axis], [[0.0, 0.0, 1.0]])[0].as_matrix()
+        return combine(parts)
