@@ -21,8 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions
-from onelook.data.image_dataparser import reference_camera
+from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE, reference_camera
 from onelook.data.mesh_parts import box, combine, ellipsoid, random_colour, rotation_from_z
+from onelook.data.object_image import ObjectImage
 from onelook.data.prior_views import view_label
 
 KINDS = ("mug", "house", "creature", "chair")
@@ -150,14 +151,39 @@ def orbit_camera(azimuth: float, elevation: float, size: int) -> tuple[np.ndarra
     return look_at(position[None])[0], float(focal)
 
 
-def render_orbit_view(thing: FamilyObject, azimuth: float, elevation: float, size: int):
-    """A view of `thing` from `orbit_camera`, lit from above the camera (so its back is as lit as its front);
-    returns the render (`onelook.data.synthetic.Render`), camera-to-world and focal length."""
+def render_orbit_view(thing: FamilyObject, azimuth: float, elevation: float, size: int, lit: bool = True):
+    """A view of `thing` from `orbit_camera`, lit from above the camera (so its back is as lit as its front),
+    or its plain colours; returns the render (`onelook.data.synthetic.Render`), camera-to-world and focal."""
     from onelook.data.synthetic import render
 
     c2w, focal = orbit_camera(azimuth, elevation, size)
     light = c2w[:3, 2] + np.array([0.0, 0.0, 0.7])
-    return render(thing, c2w, focal, size, light / np.linalg.norm(light)), c2w, focal
+    return render(thing, c2w, focal, size, light / np.linalg.norm(light) if lit else None), c2w, focal
+
+
+def front_photo(
+    thing: FamilyObject, size: int, photo_size: int = INVERSION_IMAGE_SIZE, lit: bool = True
+) -> ObjectImage:
+    """The object's photo from the reference camera, prepared as RealFusion's input at `size` pixels. It is not
+    re-centred: the reconstruction's frame is the truth's. Rendered at `photo_size` for textual inversion."""
+    view, _, _ = render_orbit_view(thing, 0.0, REFERENCE_ELEVATION, photo_size, lit)
+    rgb = (view.rgb * 255).round().astype(np.uint8)
+    return ObjectImage(rgb, view.mask, "synthetic", source=(rgb, view.mask, (0.0, 0.0, float(photo_size)))).resized(
+        size
+    )
+
+
+def sector_views(
+    thing: FamilyObject, size: int, azimuth_step: float = 15.0, elevations=(-25, -10, 5, 20, 35, 50, 65, 80)
+) -> dict[str, np.ndarray]:
+    """Plain-colour views of `thing` from all around at the reference distance, grouped by the view word a
+    RealFusion prompt gives that camera: {label: (N, size, size, 3) float in [0, 1]}."""
+    views: dict[str, list[np.ndarray]] = {}
+    for elevation in elevations:
+        for azimuth in np.arange(0.0, 360.0, azimuth_step):
+            label = view_label(90.0 - elevation, azimuth)
+            views.setdefault(label, []).append(render_orbit_view(thing, azimuth, float(elevation), size, False)[0].rgb)
+    return {label: np.stack(images) for label, images in views.items()}
 
 
 def orbit_views() -> list[tuple[float, float]]:

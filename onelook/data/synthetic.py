@@ -70,10 +70,10 @@ class Render:
 
 
 def render(
-    head: SynthObject, camera_to_world: np.ndarray, focal: float, size: int, light: np.ndarray = _LIGHT
+    head: SynthObject, camera_to_world: np.ndarray, focal: float, size: int, light: np.ndarray | None = _LIGHT
 ) -> Render:
     """Ray casts one view of an object (OpenGL camera-to-world, square image of `size` pixels), lit from the
-    unit direction `light` (world frame)."""
+    unit direction `light` (world frame); None: its plain colours (albedo)."""
     mesh = head.mesh()
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
@@ -94,7 +94,7 @@ def render(
     albedo = (weights * np.asarray(mesh.vertex_colors)[tris]).sum(axis=2)
     normals = (weights * np.asarray(mesh.vertex_normals)[tris]).sum(axis=2)  # smooth shading
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(min=1e-9)
-    shade = 0.35 + 0.65 * np.clip(normals @ light, 0.0, 1.0)
+    shade = np.ones(mask.shape) if light is None else 0.35 + 0.65 * np.clip(normals @ light, 0.0, 1.0)
     rgb = np.where(mask[..., None], albedo * shade[..., None], np.array(head.background))
     depth = np.where(mask, t_hit, 0.0).astype(np.float32)
     return Render(rgb=np.clip(rgb, 0.0, 1.0), mask=mask, depth=depth)

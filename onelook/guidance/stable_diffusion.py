@@ -8,12 +8,13 @@ cached or the id is a folder; offline with no weights, the error says what to gi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from onelook.guidance.prior import DiffusionPrior
 
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -23,12 +24,6 @@ _SHARED: dict[tuple, StableDiffusionPrior] = {}  # shared_prior's priors, by the
 
 class PriorUnavailableError(RuntimeError):
     """The diffusion model's weights cannot be loaded (offline without them, or a wrong folder)."""
-
-
-@dataclass
-class SDSOutput:
-    loss: Tensor  # its gradient with respect to the latents is w(t) (eps_pred - eps)
-    timestep: int
 
 
 def model_source(model: str | Path) -> str:
@@ -68,7 +63,7 @@ def check_available(model: str | Path) -> None:
         )
 
 
-class StableDiffusionPrior:
+class StableDiffusionPrior(DiffusionPrior):
     """Frozen VAE, UNet and text encoder; only learned token embeddings may change (textual inversion)."""
 
     def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, source: str):
@@ -185,56 +180,6 @@ class StableDiffusionPrior:
     def predict_raw(self, noisy: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
         """The UNet's own output (epsilon or v, as the model was trained)."""
         return self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
-
-    def sds(
-        self,
-        rgb: Tensor,
-        text: Tensor,
-        uncond: Tensor,
-        guidance_scale: float = 100.0,
-        t_range: tuple[float, float] = (0.02, 0.98),
-        generator: torch.Generator | None = None,
-    ) -> SDSOutput:
-        """Score distillation on rendered images (B, 3, H, W) in [0, 1]; the gradient reaches them through the
-        VAE encoder. See `sds_on_latents`."""
-        return self.sds_on_latents(self.encode_images(rgb).float(), text, uncond, guidance_scale, t_range, generator)
-
-    def sds_on_latents(
-        self,
-        latents: Tensor,
-        text: Tensor,
-        uncond: Tensor,
-        guidance_scale: float = 100.0,
-        t_range: tuple[float, float] = (0.02, 0.98),
-        generator: torch.Generator | None = None,
-    ) -> SDSOutput:
-        """Score distillation (DreamFusion): a loss whose gradient on the latents is w(t) (eps_hat - eps) / B,
-        with eps_hat the classifier-free-guided noise prediction uncond + s (cond - uncond) at a timestep t
-        drawn uniformly from `t_range`, and w(t) = 1 - alpha_bar(t). Draws t, then eps, from `generator`."""
-        num = self.scheduler.config.num_train_timesteps
-        low, high = int(t_range[0] * num), int(t_range[1] * num)
-        batch = len(latents)
-        t = torch.randint(low, high + 1, (1,), generator=generator).to(self.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = self.add_noise(latents, noise, t)
-        with torch.no_grad():
-            # One prompt for every view, or one per view: (1 or B, L, D) -> (B, L, D).
-            text, uncond = text.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
-            eps = self.predict_noise(torch.cat([noisy, noisy]), t.expand(2 * batch), torch.cat([uncond, text]))
-            eps = eps.float()
-            eps_uncond, eps_text = eps.chunk(2)
-            eps_hat = eps_uncond + guidance_scale * (eps_text - eps_uncond)
-            grad = (1 - alpha_bar) * (eps_hat - noise)
-        if not torch.isfinite(grad).all():
-            raise FloatingPointError(
-                f"score distillation gave a non-finite gradient (timestep {int(t)}): the diffusion model's output "
-                f"overflowed in {str(self.dtype).removeprefix('torch.')} or the learned word is not finite; "
-                "try --pipeline.model.half-precision False"
-            )
-        target = (latents - grad).detach()
-        loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / len(latents)
-        return SDSOutput(loss=loss, timestep=int(t))
 
 
 def shared_prior(

@@ -33,6 +33,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from onelook.data.prior_views import VIEW_LABELS
 from onelook.fields.realfusion_field import RealFusionField
+from onelook.guidance.prior import DiffusionPrior
 from onelook.guidance.stable_diffusion import DEFAULT_SD_MODEL
 from onelook.model_components.losses import mask_loss
 from onelook.model_components.sampling import SphereSampler
@@ -49,6 +50,9 @@ class RealFusionModelConfig(ModelConfig):
     """Stable Diffusion: a hub id (needs the internet or a filled cache) or a local folder."""
     embedding: Path | None = None
     """Learned token (`onelook invert` output, safetensors). None: textual inversion runs first."""
+    class_word: str | None = None
+    """Prompt with this plain word (e.g. "mug") instead of a word learned from the photo: no textual inversion
+    (the paper's ablation)."""
     inversion_steps: int = 3000
     """Textual inversion steps when no `embedding` is given."""
     inversion_accumulation: int = 4
@@ -134,6 +138,7 @@ class RealFusionModel(Model):
         self.renderer_depth = DepthRenderer(method="expected")
         self.step = 0
         self._prior = None  # loaded on the first training step
+        self._diffusion_model = None  # a prior handed over by `use_prior`
         self._rng = random.Random(0)
 
     @staticmethod
@@ -221,10 +226,18 @@ class RealFusionModel(Model):
 
     # --- the prior ----------------------------------------------------------------------------------------
 
-    def diffusion_model(self):
-        """The Stable Diffusion prior, loaded once per process (shared by every model that asks for it)."""
+    def use_prior(self, prior: DiffusionPrior) -> None:
+        """Distil from `prior` instead of the configured Stable Diffusion (DeepFloyd IF, Zero123, an exact
+        prior in tests: anything implementing `onelook.guidance.prior.DiffusionPrior`)."""
+        self._diffusion_model, self._prior = prior, None
+
+    def diffusion_model(self) -> DiffusionPrior:
+        """The prior given to `use_prior`, else the configured Stable Diffusion, loaded once per process (shared
+        by every model that asks for it)."""
         from onelook.guidance.stable_diffusion import shared_prior
 
+        if self._diffusion_model is not None:
+            return self._diffusion_model
         cfg = self.config
         return shared_prior(cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling)
 
@@ -233,25 +246,29 @@ class RealFusionModel(Model):
         return np.asarray(Image.open(self.kwargs["metadata"]["inversion_path"]).convert("RGB"))
 
     def prior(self):
-        """The diffusion prior and the prompts' embeddings, loaded once (on this model's device); the learned
-        token from `embedding`, else from textual inversion (saved beside the prepared photo)."""
+        """The diffusion prior and the prompts' embeddings, loaded once (on this model's device). The object's
+        word: `class_word`, else the learned token from `embedding`, else from textual inversion (saved beside
+        the prepared photo)."""
         if self._prior is None:
             from onelook.guidance.textual_inversion import LearnedToken, invert
 
             cfg = self.config
             prior = self.diffusion_model()
-            if cfg.embedding is not None:
-                learned = LearnedToken.load(cfg.embedding)
-            else:
-                learned = invert(
-                    prior,
-                    self.reference_on_white(),
-                    cfg.inversion_steps,
-                    gradient_accumulation=cfg.inversion_accumulation,
-                )
-                learned.save(Path(self.kwargs["metadata"]["image_path"]).parent / "embedding.safetensors")
-            prior.add_token(learned.token, learned.embedding)
-            base = cfg.prompt.format(token=learned.token)
+            word = cfg.class_word
+            if word is None:
+                if cfg.embedding is not None:
+                    learned = LearnedToken.load(cfg.embedding)
+                else:
+                    learned = invert(
+                        prior,
+                        self.reference_on_white(),
+                        cfg.inversion_steps,
+                        gradient_accumulation=cfg.inversion_accumulation,
+                    )
+                    learned.save(Path(self.kwargs["metadata"]["image_path"]).parent / "embedding.safetensors")
+                prior.add_token(learned.token, learned.embedding)
+                word = learned.token
+            base = cfg.prompt.format(token=word)
             with torch.no_grad():
                 text = prior.encode_prompts([f"{base}, {view} view" for view in VIEW_LABELS])
                 uncond = prior.encode_prompts([""])

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
@@ -14,6 +15,7 @@ from nerfstudio.engine.optimizers import Optimizers
 
 from onelook.data.image_dataparser import write_prepared_object
 from onelook.data.object_image import ObjectImage
+from onelook.guidance.prior import DiffusionPrior
 from onelook.guidance.textual_inversion import invert_steps
 from onelook.realfusion.result import RealFusionResult
 
@@ -60,9 +62,15 @@ def train_realfusion(
     seed: int = 0,
     device: str | None = None,
     report_every: int = 1,
+    prior: DiffusionPrior | None = None,
+    model_options: dict[str, Any] | None = None,
+    datamanager_options: dict[str, Any] | None = None,
 ) -> Iterator[Progress]:
     """Trains on one photo (a file, or an `ObjectImage` already prepared at `quality.image_size`); yields
     progress at every textual-inversion step and every `report_every` training steps and, last, the result.
+    `prior` replaces `sd_model` (any `DiffusionPrior`). `model_options` and `datamanager_options` set fields
+    of `ns-train realfusion`'s model and datamanager configs by name, after the quality's (e.g.
+    `{"class_word": "mug"}`, `{"sds_loss_weight": 0.0}`: the reference view alone, with no prior loaded).
 
     Stopping the iteration stops the work. `out` receives the prepared crop, mask and learned embedding.
     """
@@ -91,24 +99,18 @@ def train_realfusion(
     model.coarse_to_fine_step = min(model.coarse_to_fine_step, quality.iterations // 2)
     if device == "cpu":
         model.implementation = "torch"
+    for target, options in ((model, model_options), (datamanager, datamanager_options)):
+        for name, value in (options or {}).items():
+            if not hasattr(target, name):
+                raise ValueError(f"{type(target).__name__} has no option {name!r}")
+            setattr(target, name, value)
 
     yield Progress("preparing", 0, quality.iterations)
     pipeline = config.pipeline.setup(device=device, test_mode="val")
-    yield Progress("loading the diffusion model", 0, quality.iterations)
-    if embedding is None:  # textual inversion here, step by step, so that it reports progress
-        for step, learned in invert_steps(
-            pipeline.model.diffusion_model(),
-            pipeline.model.reference_on_white(),
-            quality.inversion_steps,
-            gradient_accumulation=quality.inversion_accumulation,
-            seed=seed,
-            progress=False,
-        ):
-            if learned is None:
-                yield Progress("learning the object's word (textual inversion)", step, quality.inversion_steps)
-            else:
-                pipeline.model.config.embedding = learned.save(Path(out) / "embedding.safetensors")
-    pipeline.model.prior()
+    if prior is not None:
+        pipeline.model.use_prior(prior)
+    if model.sds_loss_weight > 0:  # the reference view alone needs no prior
+        yield from _prepare_prior(pipeline.model, quality, seed, Path(out))
     optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
     callbacks = pipeline.get_training_callbacks(
         TrainingCallbackAttributes(optimizers=optimizers, grad_scaler=None, pipeline=pipeline, trainer=None)
@@ -126,3 +128,23 @@ def train_realfusion(
             yield Progress("training", step, quality.iterations)
     result = RealFusionResult.from_model(pipeline.model, datamanager.dataparser)
     yield Progress("done", quality.iterations, quality.iterations, result)
+
+
+def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[Progress]:
+    """Loads the prior and the prompts; learns the object's word first (reporting every step) unless the
+    config gives an embedding or a class word."""
+    yield Progress("loading the diffusion model", 0, quality.iterations)
+    if model.config.embedding is None and model.config.class_word is None:
+        for step, learned in invert_steps(
+            model.diffusion_model(),
+            model.reference_on_white(),
+            quality.inversion_steps,
+            gradient_accumulation=quality.inversion_accumulation,
+            seed=seed,
+            progress=False,
+        ):
+            if learned is None:
+                yield Progress("learning the object's word (textual inversion)", step, quality.inversion_steps)
+            else:
+                model.config.embedding = learned.save(out / "embedding.safetensors")
+    model.prior()

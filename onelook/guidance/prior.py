@@ -1,0 +1,102 @@
+"""The seam where a diffusion model plugs into RealFusion: `DiffusionPrior`, and score distillation over it.
+
+RealFusion asks four things of its prior: prompt embeddings, latents of rendered images (differentiably),
+the forward noising process, and a noise prediction for noisy latents at given timesteps and prompts.
+Stable Diffusion (`onelook.guidance.stable_diffusion`) is one; DeepFloyd IF, Zero123 or a researcher's own
+model plug in by subclassing this and handing the object to `RealFusionModel.use_prior` (or to
+`train_realfusion(prior=...)`). Score distillation is written once, here, over these methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class SDSOutput:
+    loss: Tensor  # its gradient with respect to the latents is w(t) (eps_pred - eps)
+    timestep: int
+
+
+class DiffusionPrior(ABC):
+    """A frozen denoising diffusion model RealFusion distils from (epsilon parametrisation, DDPM schedule)."""
+
+    device: torch.device
+    alphas_cumprod: Tensor  # (T,) float32 on `device`: the schedule's cumulative products of 1 - beta
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """(P, ...) embeddings of the prompts; "" is the unconditional prompt of classifier-free guidance."""
+
+    @abstractmethod
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C, h, w) latents; differentiable (score distillation reaches the
+        rendered pixels through it)."""
+
+    @abstractmethod
+    def predict_noise(self, noisy: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
+        """The model's estimate of the noise (epsilon) in `noisy` latents at `timesteps` (B,), for prompt
+        embeddings `text` (B, ...)."""
+
+    def add_token(self, token: str, embedding: Tensor | None = None, initializer: str | None = None) -> int:
+        """Adds a learned word (textual inversion); priors without a vocabulary refuse."""
+        raise TypeError(f"{type(self).__name__} has no vocabulary to add {token!r} to; prompt it with a class word")
+
+    def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The forward process: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise."""
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, *([1] * (latents.dim() - 1))).to(latents)
+        return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+
+    def sds(
+        self,
+        rgb: Tensor,
+        text: Tensor,
+        uncond: Tensor,
+        guidance_scale: float = 100.0,
+        t_range: tuple[float, float] = (0.02, 0.98),
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        """Score distillation on rendered images (B, 3, H, W) in [0, 1]; the gradient reaches them through
+        `encode_images`. See `sds_on_latents`."""
+        return self.sds_on_latents(self.encode_images(rgb).float(), text, uncond, guidance_scale, t_range, generator)
+
+    def sds_on_latents(
+        self,
+        latents: Tensor,
+        text: Tensor,
+        uncond: Tensor,
+        guidance_scale: float = 100.0,
+        t_range: tuple[float, float] = (0.02, 0.98),
+        generator: torch.Generator | None = None,
+    ) -> SDSOutput:
+        """Score distillation (DreamFusion): a loss whose gradient on the latents is w(t) (eps_hat - eps) / B,
+        with eps_hat the classifier-free-guided noise prediction uncond + s (cond - uncond) at a timestep t
+        drawn uniformly from `t_range`, and w(t) = 1 - alpha_bar(t). Draws t, then eps, from `generator`."""
+        num = len(self.alphas_cumprod)
+        low, high = int(t_range[0] * num), min(int(t_range[1] * num), num - 1)
+        batch = len(latents)
+        t = torch.randint(low, high + 1, (1,), generator=generator).to(self.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        alpha_bar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = self.add_noise(latents, noise, t)
+        with torch.no_grad():
+            # One prompt for every view, or one per view: (1 or B, ...) -> (B, ...).
+            text = text.expand(batch, *text.shape[1:])
+            uncond = uncond.expand(batch, *uncond.shape[1:])
+            eps = self.predict_noise(torch.cat([noisy, noisy]), t.expand(2 * batch), torch.cat([uncond, text]))
+            eps_uncond, eps_text = eps.float().chunk(2)
+            eps_hat = eps_uncond + guidance_scale * (eps_text - eps_uncond)
+            grad = (1 - alpha_bar) * (eps_hat - noise)
+        if not torch.isfinite(grad).all():
+            raise FloatingPointError(
+                f"score distillation gave a non-finite gradient (timestep {int(t)}): the diffusion model's output "
+                "overflowed (in fp16: try --pipeline.model.half-precision False) or the learned word is not finite"
+            )
+        target = (latents - grad).detach()
+        loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / len(latents)
+        return SDSOutput(loss=loss, timestep=int(t))
