@@ -33,8 +33,8 @@ def _synth(args: argparse.Namespace) -> int:
     from onelook.data.synthetic import generate
 
     if args.category == "objects":
-        generate_objects(args.n, args.size, args.seed, args.out)
-        print(f"{args.n} synthetic objects, {len(orbit_views())} views each, written to {args.out}")
+        generate_objects(args.n, args.size, args.seed, args.out, args.random_views)
+        print(f"{args.n} synthetic objects, {len(orbit_views()) + args.random_views} views each, written to {args.out}")
         print(f"reconstruct one from its front: ns-train realfusion --data {args.out / 'images' / '00000_000_15.png'}")
         return 0
     generate(args.n, args.size, args.seed, args.out, category=args.category)
@@ -140,6 +140,37 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_realfusion(args: argparse.Namespace) -> int:
+    from onelook.realfusion.evaluate import evaluate_realfusion
+
+    report = evaluate_realfusion(
+        args.prior, args.objects, args.seed, args.out, args.quality, tuple(args.variants), args.device
+    )
+    for variant, metrics in report["means"].items():
+        print(variant, " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=none" for k, v in metrics.items()))
+    print(f"written: {args.out / 'metrics.json'}, {args.out / 'contact_sheet.png'}")
+    return 0
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, sample_grid, train_prior
+
+    config = PriorTrainingConfig(
+        image_size=args.image_size,
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    folder = train_prior(args.synth_dir, args.out, config)
+    print(f"prior written to {folder} (use it with --sd-model {folder} or --pipeline.model.sd-model {folder})")
+    print(f"samples: {sample_grid(folder, folder / 'samples.png', seed=args.seed)}")
+    if args.held_out is not None:
+        loss = held_out_loss(folder, args.held_out)
+        print(f"denoising loss on the held-out renders of {args.held_out}: {loss:.4f}")
+    return 0
+
+
 def _invert(args: argparse.Namespace) -> int:
     from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE
     from onelook.data.object_image import prepare_object_image
@@ -220,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--category", choices=["heads", "animals", "cars", "objects"], default="heads")
     syn.add_argument("--n", type=int, default=200, help="number of identities")
     syn.add_argument("--size", type=int, default=128)
+    syn.add_argument(
+        "--random-views",
+        type=int,
+        default=0,
+        help="objects only: this many more views per object from random cameras, as RealFusion's prior sees them",
+    )
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", type=Path, required=True)
     syn.set_defaults(func=_synth)
@@ -301,6 +338,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fit-steps", type=int, default=200)
     ev.add_argument("--device")
     ev.set_defaults(func=_eval)
+
+    tp = sub.add_parser(
+        "train-prior",
+        help="train a small Stable Diffusion (VAE, UNet, text encoder) on `onelook synth --category objects` "
+        "renders; resumable (run the same command again)",
+    )
+    tp.add_argument("synth_dir", type=Path)
+    tp.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
+    tp.add_argument("--held-out", type=Path, help="another `onelook synth --category objects` folder to score")
+    tp.add_argument("--image-size", type=int, default=32)
+    tp.add_argument("--vae-steps", type=int, default=1500)
+    tp.add_argument("--unet-steps", type=int, default=12000)
+    tp.add_argument("--batch-size", type=int, default=32)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.set_defaults(func=_train_prior)
+
+    evr = sub.add_parser(
+        "eval-realfusion",
+        help="reconstruct held-out synthetic objects from their front photo (reference only, class word, "
+        "RealFusion) and score them against the truth",
+    )
+    evr.add_argument(
+        "--prior", required=True, help="the diffusion prior: a diffusers folder or hub id (e.g. Stable Diffusion 1.5)"
+    )
+    evr.add_argument("--objects", type=int, default=8, help="objects of the family to reconstruct (default 8)")
+    evr.add_argument("--seed", type=int, default=1000, help="the family's seed (default 1000: never trained on)")
+    evr.add_argument("--out", type=Path, required=True)
+    evr.add_argument("--quality", default="quick", help="preview, quick (default), standard or high")
+    evr.add_argument(
+        "--variants",
+        nargs="+",
+        default=["reference_only", "class_word", "realfusion"],
+        help="any of reference_only, class_word, realfusion (default: all three)",
+    )
+    evr.add_argument("--device")
+    evr.set_defaults(func=_eval_realfusion)
     return parser
 
 

@@ -141,22 +141,39 @@ def family_object(seed: int, index: int) -> FamilyObject:
     return FamilyObject.sample(np.random.default_rng([seed, index, _STREAM]))
 
 
-def orbit_camera(azimuth: float, elevation: float, size: int) -> tuple[np.ndarray, float]:
-    """Camera-to-world (4, 4) and focal length (pixels) of a view at the reference camera's distance and field
-    of view; azimuth 0 and elevation 15 is the reference camera itself."""
-    if azimuth == 0.0 and elevation == REFERENCE_ELEVATION:
+def orbit_camera(
+    azimuth: float, elevation: float, size: int, distance: float = REFERENCE_DISTANCE, fov: float = REFERENCE_FOV
+) -> tuple[np.ndarray, float]:
+    """Camera-to-world (4, 4) and focal length (pixels) of a view looking at the centre, by default at the
+    reference camera's distance and field of view; azimuth 0 and elevation 15 is then the reference camera."""
+    if (azimuth, elevation, distance, fov) == (0.0, REFERENCE_ELEVATION, REFERENCE_DISTANCE, REFERENCE_FOV):
         return reference_camera(REFERENCE_DISTANCE, REFERENCE_ELEVATION, REFERENCE_FOV, size)
-    position = orbit_positions(azimuth, elevation, REFERENCE_DISTANCE)
-    focal = 0.5 * size / np.tan(np.radians(REFERENCE_FOV) / 2)
-    return look_at(position[None])[0], float(focal)
+    up = np.array([0.0, 1.0, 0.0]) if abs(elevation) > 89.9 else None  # straight above: up is the front-back axis
+    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
+    return look_at(orbit_positions(azimuth, elevation, distance)[None], up=up)[0], float(focal)
 
 
-def render_orbit_view(thing: FamilyObject, azimuth: float, elevation: float, size: int, lit: bool = True):
+def random_view(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """(azimuth, elevation, distance, fov) drawn as RealFusion draws its prior's cameras
+    (`onelook.data.prior_views.sample_prior_camera`), out to the reference camera's distance."""
+    polar = np.degrees(np.arccos(rng.uniform(0.0, 1.0))) if rng.random() < 0.5 else rng.uniform(0.0, 120.0)
+    return rng.uniform(0.0, 360.0), 90.0 - polar, rng.uniform(1.0, REFERENCE_DISTANCE), rng.uniform(40.0, 70.0)
+
+
+def render_orbit_view(
+    thing: FamilyObject,
+    azimuth: float,
+    elevation: float,
+    size: int,
+    lit: bool = True,
+    distance: float = REFERENCE_DISTANCE,
+    fov: float = REFERENCE_FOV,
+):
     """A view of `thing` from `orbit_camera`, lit from above the camera (so its back is as lit as its front),
     or its plain colours; returns the render (`onelook.data.synthetic.Render`), camera-to-world and focal."""
     from onelook.data.synthetic import render
 
-    c2w, focal = orbit_camera(azimuth, elevation, size)
+    c2w, focal = orbit_camera(azimuth, elevation, size, distance, fov)
     light = c2w[:3, 2] + np.array([0.0, 0.0, 0.7])
     return render(thing, c2w, focal, size, light / np.linalg.norm(light) if lit else None), c2w, focal
 
@@ -198,9 +215,10 @@ def caption(kind: str, azimuth: float, elevation: float) -> str:
     return f"a photo of a {kind}, {view_label(90.0 - elevation, azimuth)} view"
 
 
-def generate_objects(n: int, size: int, seed: int, out: Path, progress: bool = True) -> Path:
-    """Writes every view of `n` identities: images/ (object on white), masks/, depth/ (float32 .npy, along the
-    optical axis), meshes/ (the true mesh, .ply), and synth.json (cameras, kinds, captions, colours)."""
+def generate_objects(n: int, size: int, seed: int, out: Path, random_views: int = 0, progress: bool = True) -> Path:
+    """Writes every view of `n` identities (`orbit_views`, then `random_views` cameras drawn as RealFusion draws
+    its prior's: what a prior trained on them should know): images/ (object on white), masks/, depth/ (float32
+    .npy, along the optical axis), meshes/ (the true mesh, .ply), and synth.json (cameras, kinds, captions)."""
     if n < 1 or size < 16:
         raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
     out = Path(out)
@@ -211,9 +229,12 @@ def generate_objects(n: int, size: int, seed: int, out: Path, progress: bool = T
         thing = family_object(seed, i)
         o3d.io.write_triangle_mesh(str(out / "meshes" / f"{i:05d}.ply"), thing.mesh())
         objects.append({"identity": i, "kind": thing.kind, "mesh": f"meshes/{i:05d}.ply", "object": thing.__dict__})
-        for azimuth, elevation in orbit_views():
-            view, c2w, focal = render_orbit_view(thing, azimuth, elevation, size)
-            name = f"{i:05d}_{int(azimuth):03d}_{int(elevation):02d}"
+        rng = np.random.default_rng([seed, i, _STREAM, 1])
+        views = [(a, e, REFERENCE_DISTANCE, REFERENCE_FOV) for a, e in orbit_views()]
+        views += [random_view(rng) for _ in range(random_views)]
+        for j, (azimuth, elevation, distance, fov) in enumerate(views):
+            view, c2w, focal = render_orbit_view(thing, azimuth, elevation, size, True, distance, fov)
+            name = f"{i:05d}_{int(azimuth):03d}_{int(elevation):02d}" if j < len(orbit_views()) else f"{i:05d}_r{j:03d}"
             Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / f"{name}.png")
             Image.fromarray(view.mask.astype(np.uint8) * 255).save(out / "masks" / f"{name}.png")
             np.save(out / "depth" / f"{name}.npy", view.depth)

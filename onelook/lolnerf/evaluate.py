@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.spatial import cKDTree
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 from onelook.cameras.geometry import project, rotation_errors_deg, similarity_align, turn_about_origin
 from onelook.data.synthetic import identity, render
 from onelook.lolnerf.reconstructor import Reconstructor
+from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim
 
 DEFAULT_ANGLES = ((-30.0, 0.0), (30.0, 0.0), (0.0, -15.0), (0.0, 15.0))
 
@@ -82,15 +82,6 @@ class EvalReport:
             f"position error {100 * self.fit_position_error:.2f}% of the object's size",
         ]
         return "\n".join(lines)
-
-
-def masked_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    return float(-10 * np.log10(np.mean((pred[mask] - target[mask]) ** 2) + 1e-12))
-
-
-def masked_ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    _, ssim_map = structural_similarity(pred, target, channel_axis=2, data_range=1.0, full=True)
-    return float(ssim_map.mean(axis=2)[mask].mean())
 
 
 def evaluate(
@@ -186,10 +177,7 @@ def evaluate(
             continue
         predicted = scale * mesh.sample(20000) @ rotation.T + translation
         true_points = np.asarray(true_mesh.sample_points_uniformly(20000).points)
-        chamfer = 0.5 * (
-            cKDTree(true_points).query(predicted)[0].mean() + cKDTree(predicted).query(true_points)[0].mean()
-        )
-        chamfers.append(chamfer / object_size)
+        chamfers.append(chamfer_and_fscore(predicted, true_points, 0.05 * object_size)[0] / object_size)
 
     fit_rotation = rotation_errors_deg(np.array(fit_c2w), np.array(fit_true_c2w), recon.canonical_keypoints, true_mean)
     return EvalReport(

@@ -1,0 +1,279 @@
+"""A small Stable Diffusion trained from scratch on a synthetic family's renders (`onelook train-prior`).
+
+It gives RealFusion a prior that knows something on a machine with no downloaded weights: a VAE, a UNet and a
+CLIP text encoder with a word-level tokenizer, written as a standard diffusers folder (vae/, unet/,
+text_encoder/, tokenizer/, scheduler/, model_index.json) that loads through the same `--sd-model FOLDER`
+path as Stable Diffusion 1.5. Captions are "<template with the kind>, <front|side|back|overhead> view",
+with the textual-inversion templates' and RealFusion's wording, so both prompt it as they prompt SD.
+
+Two stages, each seeded, checkpointed (safetensors plus `weights_only` optimizer state) and resumable: the
+VAE (reconstruction with a small KL term), then the UNet and text encoder together on the denoising loss
+over the VAE's latents (captions dropped 10% of the time, for classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from onelook.guidance.textual_inversion import TEMPLATES
+from onelook.guidance.tiny import SmallSDSizes, byte_vocab, small_stable_diffusion
+
+REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
+CAPTION_DROPOUT = 0.1
+
+
+@dataclass
+class PriorTrainingConfig:
+    image_size: int = 32
+    vae_steps: int = 1500
+    unet_steps: int = 12000
+    batch_size: int = 32
+    vae_lr: float = 1e-3
+    unet_lr: float = 4e-4
+    kl_weight: float = 1e-6
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+def load_renders(synth_dir: Path, image_size: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Every render of an `onelook synth --category objects` folder: images (N, 3, S, S) in [0, 1], their
+    kinds and view words (from the captions)."""
+    meta = json.loads((Path(synth_dir) / "synth.json").read_text())
+    if meta.get("category") != "objects":
+        raise ValueError(f"{synth_dir} is not an `onelook synth --category objects` folder")
+    images, kinds, views = [], [], []
+    for frame in meta["frames"]:
+        image = Image.open(Path(synth_dir) / "images" / frame["file"]).convert("RGB")
+        images.append(np.asarray(image.resize((image_size, image_size), Image.BICUBIC)))
+        kind, view = frame["caption"].removeprefix("a photo of a ").split(", ")
+        kinds.append(kind)
+        views.append(view)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0, kinds, views
+
+
+def caption_for(kind: str, view: str, rng: random.Random) -> str:
+    template = rng.choice((*TEMPLATES, REALFUSION_TEMPLATE))
+    return f"{template.format(kind)}, {view}"
+
+
+def word_tokenizer(words: set[str], folder: Path):
+    """A CLIP tokenizer whose vocabulary is every byte (as CLIP's) plus the given words as single tokens, so
+    captions are a few tokens and any other text still tokenizes (by letters)."""
+    from transformers import CLIPTokenizer
+
+    vocab = byte_vocab()
+    ranks: dict[tuple[str, str], int] = {}
+    for word in sorted(words):
+        # BPE on the merges so far; while the word is not one token, merge its first two symbols last of all
+        # (a merge added later never changes how an earlier word is split).
+        symbols = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
+        while len(symbols) > 1:
+            ranks[(symbols[0], symbols[1])] = len(ranks)
+            vocab.setdefault(symbols[0] + symbols[1], len(vocab))
+            symbols = _bpe(symbols, ranks)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranks))
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding as CLIP's tokenizer applies it: the lowest-ranked adjacent pair first, every time."""
+    while len(symbols) > 1:
+        pairs = [(ranks[pair], pair) for pair in zip(symbols, symbols[1:], strict=False) if pair in ranks]
+        if not pairs:
+            break
+        first, second = min(pairs)[1]
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == (first, second):
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+# The shipped prior's sizes: 1.7 M UNet, 0.7 M VAE and 0.14 M text-encoder parameters (5 MB in fp16).
+PRIOR_SIZES = {"text_width": 64, "text_intermediate": 128, "text_layers": 3}
+PRIOR_SIZES |= {"unet_channels": (32, 64, 64), "vae_channels": (32, 64), "norm_groups": 16}
+
+
+class _Checkpoint:
+    """One stage's modules and optimizer, saved every so often and loaded to resume (safe formats only)."""
+
+    def __init__(self, folder: Path, stage: str, modules: dict[str, torch.nn.Module], optimizer):
+        self.path, self.modules, self.optimizer = folder / f"{stage}.safetensors", modules, optimizer
+        self.state_path = folder / f"{stage}.state.pt"
+
+    def load(self) -> int:
+        if not self.path.is_file():
+            return 0
+        weights = load_file(self.path)
+        for name, module in self.modules.items():
+            module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in weights.items() if k.startswith(name)})
+        state = torch.load(self.state_path, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def save(self, step: int) -> None:
+        weights = {f"{name}.{k}": v.contiguous() for name, m in self.modules.items() for k, v in m.state_dict().items()}
+        save_file(weights, self.path.with_suffix(".tmp"))
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(), "step": step}, self.state_path
+        )
+        self.path.with_suffix(".tmp").replace(self.path)
+
+
+def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None = None, progress: bool = True) -> Path:
+    """Trains (or resumes) the prior on the renders in `synth_dir`; writes the diffusers folder `out`."""
+    from diffusers import StableDiffusionPipeline
+
+    config = config or PriorTrainingConfig()
+    out, work = Path(out), Path(out) / "training"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    images, kinds, views = load_renders(synth_dir, config.image_size)
+    words = {
+        w for text in (*TEMPLATES, REALFUSION_TEMPLATE, *kinds, *views) for w in re.findall("[a-z]+", text.lower())
+    }
+    if (work / "tokenizer" / "vocab.json").is_file():  # resuming: the text encoder learnt these tokens
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer", model_max_length=77)
+    else:
+        tokenizer = word_tokenizer(words, work / "tokenizer")
+    text_encoder, unet, vae, scheduler = small_stable_diffusion(
+        tokenizer, SmallSDSizes(config.image_size, **PRIOR_SIZES)
+    )
+    pixels = 2.0 * images - 1.0
+
+    # Stage 1: the VAE.
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    checkpoint = _Checkpoint(work, "vae", {"vae": vae}, optimizer)
+    start = checkpoint.load()
+    generator = torch.Generator().manual_seed(config.seed + start)
+    for step in tqdm(range(start, config.vae_steps), desc="VAE", disable=not progress):
+        batch = pixels[torch.randint(len(pixels), (config.batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        loss = F.mse_loss(vae.decode(posterior.sample()).sample, batch) + config.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.vae_steps:
+            checkpoint.save(step + 1)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        scaling = 1.0 / float(torch.cat([vae.encode(b).latent_dist.mean for b in pixels.split(256)]).std())
+    vae.register_to_config(scaling_factor=scaling)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(b).latent_dist.mean for b in pixels.split(256)]) * scaling
+
+    # Stage 2: the UNet and the text encoder, on the denoising loss.
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
+    checkpoint = _Checkpoint(work, "unet", {"unet": unet, "text_encoder": text_encoder}, optimizer)
+    start = checkpoint.load()
+    rng = random.Random(config.seed + start)
+    generator = torch.Generator().manual_seed(config.seed + start)
+    bar = tqdm(range(start, config.unet_steps), desc="UNet", disable=not progress)
+    for step in bar:
+        index = torch.randint(len(latents), (config.batch_size,), generator=generator)
+        captions = [
+            "" if rng.random() < CAPTION_DROPOUT else caption_for(kinds[i], views[i], rng) for i in index.tolist()
+        ]
+        loss = denoising_loss(unet, text_encoder, tokenizer, scheduler, latents[index], captions, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
+            checkpoint.save(step + 1)
+
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    (out / "training_config.json").write_text(json.dumps(asdict(config), indent=1))
+    return out
+
+
+def denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, generator) -> torch.Tensor:
+    """The epsilon-prediction loss at uniformly drawn timesteps (what Stable Diffusion is trained on)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    text = text_encoder(tokens.input_ids)[0]
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
+
+
+@torch.no_grad()
+def held_out_loss(folder: Path, synth_dir: Path, batches: int = 20, batch_size: int = 64, seed: int = 0) -> float:
+    """The trained prior's denoising loss on renders it never saw (same timesteps and noise every call)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    images, kinds, views = load_renders(synth_dir, vae.config.sample_size)
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    losses = []
+    for _ in range(batches):
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        latents = vae.encode(2.0 * images[index] - 1.0).latent_dist.mean * vae.config.scaling_factor
+        captions = [caption_for(kinds[i], views[i], rng) for i in index.tolist()]
+        losses.append(float(denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, generator)))
+    return float(np.mean(losses))
+
+
+def sample_grid(folder: Path, path: Path, kinds=("mug", "house", "creature", "chair"), seed: int = 0) -> Path:
+    """One sample per kind (rows) and view word (columns: front, side, back, overhead), by diffusers' pipeline
+    (50 DDIM steps, guidance 5)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None)
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    size = pipeline.vae.config.sample_size
+    rows = []
+    for kind in kinds:
+        prompts = [f"a photo of a {kind}, {view} view" for view in ("front", "side", "back", "overhead")]
+        images = pipeline(
+            prompts,
+            height=size,
+            width=size,
+            num_inference_steps=50,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images
+        rows.append(np.concatenate(list(images), axis=1))
+    Image.fromarray((np.concatenate(rows) * 255).round().astype(np.uint8)).save(path)
+    return Path(path)

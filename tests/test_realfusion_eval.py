@@ -1,0 +1,108 @@
+"""RealFusion's synthetic object family and its held-out evaluation (`onelook eval-realfusion`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onelook.data.image_dataparser import ObjectImageDataParserConfig, reference_camera
+from onelook.data.object_family import KINDS, FamilyObject, family_object, orbit_camera, orbit_views, render_orbit_view
+from onelook.metrics import chamfer_and_fscore
+from onelook.realfusion.evaluate import VARIANTS
+
+METRICS = {"psnr_90", "psnr_180", "psnr_270", "psnr_overhead", "ssim_180", "depth_error", "chamfer", "fscore"}
+
+
+def test_the_front_photo_is_taken_from_realfusions_reference_camera():
+    parser = ObjectImageDataParserConfig()
+    expected = reference_camera(parser.reference_distance, parser.reference_elevation, parser.reference_fov, 64)
+    c2w, focal = orbit_camera(0.0, parser.reference_elevation, 64)
+    np.testing.assert_allclose(c2w, expected[0], atol=1e-12)
+    assert focal == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_a_back_unlike_its_front(kind):
+    thing = FamilyObject.sample(np.random.default_rng(3), kind)
+    front = render_orbit_view(thing, 0.0, 15.0, 48, lit=False)[0]
+    back = render_orbit_view(thing, 180.0, 15.0, 48, lit=False)[0]
+    assert front.mask.mean() > 0.05 and back.mask.mean() > 0.05  # the object fills the view
+    # Seen from behind, a mirror-symmetric object with the same front and back would look like its front
+    # mirrored; every kind has something on one side only.
+    seen = front.mask[:, ::-1] | back.mask
+    assert np.abs(back.rgb - front.rgb[:, ::-1])[seen].mean() > 0.03  # houses: 0.04-0.05, other kinds 0.1-0.27
+
+
+def test_identities_are_seeded_and_the_same_whatever_else_is_drawn():
+    assert family_object(5, 3) == family_object(5, 3)
+    assert family_object(5, 3) != family_object(6, 3)
+    assert {family_object(0, i).kind for i in range(40)} == set(KINDS)
+
+
+def test_onelook_synth_objects_writes_every_view_with_its_truth(tmp_path):
+    out = tmp_path / "objects"
+    done = subprocess.run(
+        [sys.executable, "-m", "onelook.cli", "synth", "--category", "objects", "--n", "2", "--size", "32"]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "synth.json").read_text())
+    assert len(meta["frames"]) == 2 * len(orbit_views()) and len(meta["objects"]) == 2
+    frame = meta["frames"][5]
+    image = np.asarray(Image.open(out / "images" / frame["file"]))
+    mask = np.asarray(Image.open(out / "masks" / frame["file"])) > 0
+    depth = np.load(out / "depth" / frame["file"].replace(".png", ".npy"))
+    assert image.shape == (32, 32, 3) and mask.any() and (depth[mask] > 0).all() and (depth[~mask] == 0).all()
+    assert frame["caption"].startswith(f"a photo of a {meta['objects'][0]['kind']}, ")
+    assert frame["caption"].endswith(" view")
+    assert (out / meta["objects"][1]["mesh"]).is_file()
+
+
+def test_chamfer_and_fscore_of_known_offsets():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-1, 1, (2000, 2)), np.zeros((2000, 1))], axis=1)  # a square
+    assert chamfer_and_fscore(points, points, 0.01) == (0.0, 1.0)
+    shifted = points + np.array([0.0, 0.0, 10.0])  # a parallel square 10 away
+    chamfer, fscore = chamfer_and_fscore(shifted, points, 0.5)
+    assert chamfer == pytest.approx(10.0, rel=1e-3) and fscore == 0.0
+
+
+@pytest.mark.slow
+def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd, tmp_path):
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", str(tiny_sd), "--objects", "2"]
+        + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["means"]) == set(VARIANTS)
+    assert [row["name"] for row in report["objects"]] == [f"7-{i:03d}-{family_object(7, i).kind}" for i in range(2)]
+    for row in report["objects"]:
+        for variant in VARIANTS:
+            assert set(row[variant]) == METRICS
+            assert 0 < row[variant]["psnr_180"] < 60 and 0 <= row[variant]["fscore"] <= 1
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.size == (32 * (1 + 4 * len(VARIANTS) + 4), 2 * 32)  # photo, 4 views per variant, the truth's
+
+
+def test_eval_realfusion_names_a_bad_variant(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", "x", "--variants", "sds_only"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "unknown variants ['sds_only']" in done.stderr

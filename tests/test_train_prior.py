@@ -1,0 +1,72 @@
+"""`onelook train-prior`: a small Stable Diffusion trained here, written as a diffusers folder that loads like SD."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onelook.data.object_family import generate_objects
+from onelook.guidance.stable_diffusion import StableDiffusionPrior
+from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, train_prior, word_tokenizer
+
+
+def test_captions_are_a_few_whole_word_tokens(tmp_path):
+    tokenizer = word_tokenizer({"a", "photo", "of", "mug", "back", "view"}, tmp_path)
+    assert tokenizer.tokenize("a photo of a mug, back view") == [
+        "a</w>",
+        "photo</w>",
+        "of</w>",
+        "a</w>",
+        "mug</w>",
+        ",</w>",
+        "back</w>",
+        "view</w>",
+    ]
+    assert "".join(tokenizer.tokenize("zebra")).replace("</w>", "") == "zebra"  # other words: by letters
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory):
+    return generate_objects(2, 16, seed=0, out=tmp_path_factory.mktemp("objects"), random_views=2, progress=False)
+
+
+@pytest.mark.slow
+def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path):
+    config = PriorTrainingConfig(image_size=16, vae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1)
+    folder = train_prior(renders, tmp_path / "prior", config, progress=False)
+    vae_weights = load_file(folder / "training" / "vae.safetensors")
+    # The same command with more steps resumes the UNet stage where it stopped (the VAE is not trained again).
+    config.unet_steps = 4
+    train_prior(renders, folder, config, progress=False)
+    assert torch.load(folder / "training" / "unet.state.pt", weights_only=True)["step"] == 4
+    for name, value in load_file(folder / "training" / "vae.safetensors").items():
+        assert torch.equal(value, vae_weights[name])
+    assert sum(f.stat().st_size for f in folder.rglob("*.safetensors") if "training" not in f.parts) < 10e6
+
+    prior = StableDiffusionPrior.load(folder, device="cpu")  # exactly SD 1.5's loading path
+    assert prior.image_size == 16 and prior.tokenizer.tokenize("photo of a house") == [
+        "photo</w>",
+        "of</w>",
+        "a</w>",
+        "house</w>",
+    ]
+    text = prior.encode_prompts(["a high-resolution DSLR image of a mug, back view"])
+    rendered = torch.rand(1, 3, 16, 16, requires_grad=True)
+    prior.sds(rendered, text, prior.encode_prompts([""])).loss.backward()
+    assert torch.isfinite(rendered.grad).all() and rendered.grad.abs().sum() > 0
+    assert 0 < held_out_loss(folder, renders, batches=2, batch_size=4) < 10
+
+
+def test_train_prior_refuses_a_folder_of_other_renders(tmp_path):
+    (tmp_path / "synth.json").write_text('{"category": "heads", "frames": []}')
+    done = subprocess.run(
+        [sys.executable, "-m", "onelook.cli", "train-prior", str(tmp_path), "--out", str(tmp_path / "prior")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "is not an `onelook synth --category objects` folder" in done.stderr
