@@ -68,9 +68,8 @@ def _example(args: argparse.Namespace) -> int:
 def _photo_inputs(photo: Path, landmarks: Path | None, mask: Path | None) -> dict:
     """fit() keyword arguments for one photo: its keypoints from a landmarks file (checked as `onelook prepare`
     checks them), its mask from an image file."""
-    from onelook.data.images import load_image
     from onelook.data.prepare import read_landmarks
-    from onelook.data.preprocess import parse_keypoints
+    from onelook.data.preprocess import load_mask, parse_keypoints
 
     inputs: dict = {"image": photo}
     if landmarks is not None:
@@ -79,8 +78,7 @@ def _photo_inputs(photo: Path, landmarks: Path | None, mask: Path | None) -> dic
             raise ValueError(f"{landmarks} has no entry for {photo.name}")
         inputs["landmarks"] = parse_keypoints(table[photo.name])
     if mask is not None:
-        loaded = load_image(mask)
-        inputs["mask"] = loaded.rgb.mean(axis=2) / 255.0 if loaded.alpha is None else loaded.alpha
+        inputs["mask"] = load_mask(mask)
     return inputs
 
 
@@ -195,18 +193,11 @@ def _invert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from onelook.export import export_all
-    from onelook.lolnerf import Reconstructor
-    from onelook.models.lolnerf import LOLNeRFModel
-    from onelook.realfusion import RealFusionResult
-    from onelook.runs import find_run, load_run_config
+    from onelook.runs import load_result
 
-    target = load_run_config(find_run(args.run_dir)[0]).pipeline.model._target
-    if isinstance(target, type) and issubclass(target, LOLNeRFModel):  # the category's mean object
-        recon = Reconstructor.from_run(args.run_dir, device=args.device)
-        exportable = recon.reconstruction(recon.model.latents.mean())
-    else:
-        exportable = RealFusionResult.from_run(args.run_dir, device=args.device)
-    paths = export_all(exportable, args.out, frames=args.frames, mesh_resolution=args.mesh_resolution)
+    paths = export_all(
+        load_result(args.run_dir, args.device), args.out, frames=args.frames, mesh_resolution=args.mesh_resolution
+    )
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
 

@@ -213,3 +213,17 @@ def load_model(run_dir: Path, expected: type, device: str | torch.device | None 
     )
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def load_result(run_dir: Path, device: str | torch.device | None = None):
+    """A trained run of either method as one exportable result (`onelook.export.Exportable`, world frame):
+    a RealFusion run's object, or a LOLNeRF run's category's mean object (its mean latent)."""
+    from onelook.lolnerf import Reconstructor
+    from onelook.models.lolnerf import LOLNeRFModel
+    from onelook.realfusion import RealFusionResult
+
+    target = load_run_config(find_run(Path(run_dir))[0]).pipeline.model._target
+    if isinstance(target, type) and issubclass(target, LOLNeRFModel):
+        recon = Reconstructor.from_run(run_dir, device=device)
+        return recon.reconstruction(recon.model.latents.mean())
+    return RealFusionResult.from_run(run_dir, device=device)

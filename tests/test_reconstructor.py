@@ -118,6 +118,15 @@ def test_cli_fit_writes_everything(trained_run, held_out, tmp_path):
     assert iio.imread(out / "turntable.mp4", plugin="pyav").shape == (4, 96, 96, 3)
 
 
+def test_onelook_export_of_a_lolnerf_run_is_the_categorys_mean_object(trained_run, tmp_path):
+    from onelook.runs import load_result
+
+    mean = load_result(trained_run, "cpu")
+    torch.testing.assert_close(mean.latent, Reconstructor.from_run(trained_run, device="cpu").model.latents.mean())
+    assert main(["export", str(trained_run), "--out", str(tmp_path), "--frames", "2", "--mesh-resolution", "32"]) == 0
+    assert (tmp_path / "view.png").is_file() and (tmp_path / "mesh.glb").stat().st_size > 0
+
+
 def test_cli_sample_and_interpolate(trained_run, held_out, tmp_path):
     assert main(["sample", str(trained_run), "--out", str(tmp_path / "s"), "--n", "3"]) == 0
     assert Image.open(tmp_path / "s" / "samples.png").size == (3 * 64, 64)

@@ -108,7 +108,7 @@ def _process(job: ImageJob) -> ImageRecord:
         keypoints = parse_keypoints(job.keypoints)
         keypoints = keypoints * np.array([width, height]) / np.array(loaded.original_size)
     if job.mask is not None:
-        mask = _load_mask(job.mask, (height, width))
+        mask = load_mask(job.mask, (height, width))
     elif loaded.alpha is not None:
         mask = loaded.alpha
         notes.append("used the image's alpha channel as the foreground mask")
@@ -153,9 +153,11 @@ def parse_keypoints(raw: list) -> np.ndarray:
     return pts
 
 
-def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def load_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file as floats in [0, 1]: its alpha channel if it has one, else its grey level; checked against
+    the image's (H, W) `shape` when given."""
     loaded = load_image(path)
     mask = loaded.rgb.mean(axis=2) / 255.0 if loaded.alpha is None else loaded.alpha
-    if mask.shape != shape:
+    if shape is not None and mask.shape != shape:
         raise ValueError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
     return mask

@@ -84,17 +84,21 @@ def evaluate_realfusion(
     options = {"reference_only": {"sds_loss_weight": 0.0}, "realfusion": {}}
     size = quality.image_size
     rows, sheet = [], []
-    for index in tqdm(range(objects), desc="objects", disable=not progress):
+    for index in range(objects):
         thing = family_object(seed, index)
         name = f"{seed}-{index:03d}-{thing.kind}"
         photo = front_photo(thing, size)
         row, strip = {"name": name}, [photo.rgb / 255.0]
         for variant in variants:
             model_options = options.get(variant, {"class_word": thing.kind})
-            *_, done = train_realfusion(
+            steps = train_realfusion(
                 photo, out / name / variant, quality, prior, seed=seed, device=device, model_options=model_options
             )
-            row[variant], renders = score(done.result, thing, size, quality.mesh_resolution)
+            with tqdm(desc=f"{index + 1}/{objects} {name} {variant}", disable=not progress) as bar:
+                for step in steps:
+                    bar.total, bar.n = step.total, step.step
+                    bar.set_postfix_str(step.stage, refresh=True)
+            row[variant], renders = score(step.result, thing, size, quality.mesh_resolution)
             strip += renders
         strip += [render_orbit_view(thing, *view, size)[0].rgb for view in VIEWS.values()]
         rows.append(row)

@@ -45,7 +45,9 @@ QUALITY = {
 
 
 @dataclass
-class Progress:
+class TrainingUpdate:
+    """Where a RealFusion run is: its stage, the step within it, and (when done) the result."""
+
     stage: str
     step: int
     total: int
@@ -65,7 +67,7 @@ def train_realfusion(
     prior: DiffusionPrior | None = None,
     model_options: dict[str, Any] | None = None,
     datamanager_options: dict[str, Any] | None = None,
-) -> Iterator[Progress]:
+) -> Iterator[TrainingUpdate]:
     """Trains on one photo (a file, or an `ObjectImage` already prepared at `quality.image_size`); yields
     progress at every textual-inversion step and every `report_every` training steps and, last, the result.
     `prior` replaces `sd_model` (any `DiffusionPrior`). `model_options` and `datamanager_options` set fields
@@ -105,7 +107,7 @@ def train_realfusion(
                 raise ValueError(f"{type(target).__name__} has no option {name!r}")
             setattr(target, name, value)
 
-    yield Progress("preparing", 0, quality.iterations)
+    yield TrainingUpdate("preparing", 0, quality.iterations)
     pipeline = config.pipeline.setup(device=device, test_mode="val")
     if prior is not None:
         pipeline.model.use_prior(prior)
@@ -125,15 +127,15 @@ def train_realfusion(
         optimizers.optimizer_step_all()
         optimizers.scheduler_step_all(step)
         if step % report_every == 0:
-            yield Progress("training", step, quality.iterations)
+            yield TrainingUpdate("training", step, quality.iterations)
     result = RealFusionResult.from_model(pipeline.model, datamanager.dataparser)
-    yield Progress("done", quality.iterations, quality.iterations, result)
+    yield TrainingUpdate("done", quality.iterations, quality.iterations, result)
 
 
-def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[Progress]:
+def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[TrainingUpdate]:
     """Loads the prior and the prompts; learns the object's word first (reporting every step) unless the
     config gives an embedding or a class word."""
-    yield Progress("loading the diffusion model", 0, quality.iterations)
+    yield TrainingUpdate("loading the diffusion model", 0, quality.iterations)
     if model.config.embedding is None and model.config.class_word is None:
         for step, learned in invert_steps(
             model.diffusion_model(),
@@ -144,7 +146,7 @@ def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[Pr
             progress=False,
         ):
             if learned is None:
-                yield Progress("learning the object's word (textual inversion)", step, quality.inversion_steps)
+                yield TrainingUpdate("learning the object's word (textual inversion)", step, quality.inversion_steps)
             else:
                 model.config.embedding = learned.save(out / "embedding.safetensors")
     model.prior()
