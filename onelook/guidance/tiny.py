@@ -90,7 +90,6 @@ def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0, latent_size: 
 
     The VAE halves the resolution once, so images are 2 * latent_size pixels square.
     """
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -99,6 +98,14 @@ def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0, latent_size: 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
     text_encoder, unet, vae, scheduler = small_stable_diffusion(tokenizer, SmallSDSizes(2 * latent_size))
+    return save_stable_diffusion(folder, tokenizer, text_encoder, unet, vae, scheduler, torch.float32)
+
+
+def save_stable_diffusion(folder: Path, tokenizer, text_encoder, unet, vae, scheduler, dtype: torch.dtype) -> Path:
+    """Writes the parts as a diffusers Stable Diffusion folder (model_index.json, one subfolder each, weights as
+    safetensors in `dtype`), which `StableDiffusionPrior.load` and diffusers' pipelines read."""
+    from diffusers import StableDiffusionPipeline
+
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -109,5 +116,5 @@ def build_tiny_stable_diffusion(folder: str | Path, seed: int = 0, latent_size: 
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(folder)
-    return folder
+    pipeline.to(dtype).save_pretrained(folder, safe_serialization=True)
+    return Path(folder)

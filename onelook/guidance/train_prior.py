@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from onelook.guidance.textual_inversion import TEMPLATES
-from onelook.guidance.tiny import SmallSDSizes, byte_vocab, small_stable_diffusion
+from onelook.guidance.tiny import SmallSDSizes, byte_vocab, save_stable_diffusion, small_stable_diffusion
 
 REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
 CAPTION_DROPOUT = 0.1
@@ -141,7 +141,6 @@ class _Checkpoint:
 
 def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None = None, progress: bool = True) -> Path:
     """Trains (or resumes) the prior on the renders in `synth_dir`; writes the diffusers folder `out`."""
-    from diffusers import StableDiffusionPipeline
 
     config = config or PriorTrainingConfig()
     out, work = Path(out), Path(out) / "training"
@@ -205,17 +204,7 @@ def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None =
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.unet_steps:
             checkpoint.save(step + 1)
 
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    save_stable_diffusion(out, tokenizer, text_encoder, unet, vae, scheduler, torch.float16)
     (out / "training_config.json").write_text(json.dumps(asdict(config), indent=1))
     return out
 
