@@ -153,16 +153,11 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
 def _train_prior(args: argparse.Namespace) -> int:
     from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, sample_grid, train_prior
 
-    config = PriorTrainingConfig(
-        image_size=args.image_size,
-        vae_steps=args.vae_steps,
-        unet_steps=args.unet_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    given = {name: getattr(args, name) for name in ("image_size", "vae_steps", "unet_steps", "batch_size", "seed")}
+    config = PriorTrainingConfig(**{name: value for name, value in given.items() if value is not None})
     folder = train_prior(args.synth_dir, args.out, config)
     print(f"prior written to {folder} (use it with --sd-model {folder} or --pipeline.model.sd-model {folder})")
-    print(f"samples: {sample_grid(folder, folder / 'samples.png', seed=args.seed)}")
+    print(f"samples: {sample_grid(folder, folder / 'samples.png', seed=config.seed)}")
     if args.held_out is not None:
         loss = held_out_loss(folder, args.held_out)
         print(f"denoising loss on the held-out renders of {args.held_out}: {loss:.4f}")
@@ -338,11 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("synth_dir", type=Path)
     tp.add_argument("--out", type=Path, required=True, help="the diffusers folder to write")
     tp.add_argument("--held-out", type=Path, help="another `onelook synth --category objects` folder to score")
-    tp.add_argument("--image-size", type=int, default=32)
-    tp.add_argument("--vae-steps", type=int, default=1500)
-    tp.add_argument("--unet-steps", type=int, default=12000)
-    tp.add_argument("--batch-size", type=int, default=32)
-    tp.add_argument("--seed", type=int, default=0)
+    # Unset: `onelook.guidance.train_prior.PriorTrainingConfig`'s defaults.
+    for option in ("--image-size", "--vae-steps", "--unet-steps", "--batch-size", "--seed"):
+        tp.add_argument(option, type=int, help="default: PriorTrainingConfig's")
     tp.set_defaults(func=_train_prior)
 
     evr = sub.add_parser(

@@ -18,17 +18,20 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 from PIL import Image
+from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions
-from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE, reference_camera
+from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE, ObjectImageDataParserConfig
 from onelook.data.mesh_parts import box, combine, ellipsoid, random_colour, rotation_from_z
 from onelook.data.object_image import ObjectImage
-from onelook.data.prior_views import view_label
+from onelook.data.prior_views import sample_prior_view, view_label
 
 KINDS = ("mug", "house", "creature", "chair")
 OBJECT_RADIUS = 0.6  # world units: every object's bounding sphere
-REFERENCE_DISTANCE, REFERENCE_ELEVATION, REFERENCE_FOV = 1.8, 15.0, 55.0  # `onelook-image`'s defaults
+_PARSER = ObjectImageDataParserConfig()  # the photo's camera is `onelook-image`'s reference camera
+REFERENCE_DISTANCE, REFERENCE_ELEVATION = _PARSER.reference_distance, _PARSER.reference_elevation
+REFERENCE_FOV = _PARSER.reference_fov
 # The views a family's renders are taken from (all at the reference camera's distance and field of view):
 # eight azimuths at two elevations, and from overhead.
 ORBIT_AZIMUTHS = tuple(float(a) for a in range(0, 360, 45))
@@ -94,7 +97,7 @@ class FamilyObject:
         half_w, half_d, wall = 0.45 * width, 0.35, 0.5 * height
         parts = [box((-half_w, -half_d, -wall), (half_w, half_d, wall * 0.4), self.body)]
         roof = o3d.geometry.TriangleMesh.create_cone(1.45 * half_w, 0.45, resolution=4)  # a pyramid
-        roof.rotate(_turn_z(45.0), center=(0.0, 0.0, 0.0))
+        roof.rotate(Rotation.from_euler("z", 45.0, degrees=True).as_matrix(), center=(0.0, 0.0, 0.0))
         roof.translate((0.0, 0.0, wall * 0.4))
         roof.paint_uniform_color(self.accent)
         parts.append(roof)
@@ -131,11 +134,6 @@ class FamilyObject:
         return parts
 
 
-def _turn_z(degrees: float) -> np.ndarray:
-    angle = np.radians(degrees)
-    return np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
-
-
 def family_object(seed: int, index: int) -> FamilyObject:
     """Identity `index` of the family drawn with `seed`."""
     return FamilyObject.sample(np.random.default_rng([seed, index, _STREAM]))
@@ -145,19 +143,17 @@ def orbit_camera(
     azimuth: float, elevation: float, size: int, distance: float = REFERENCE_DISTANCE, fov: float = REFERENCE_FOV
 ) -> tuple[np.ndarray, float]:
     """Camera-to-world (4, 4) and focal length (pixels) of a view looking at the centre, by default at the
-    reference camera's distance and field of view; azimuth 0 and elevation 15 is then the reference camera."""
-    if (azimuth, elevation, distance, fov) == (0.0, REFERENCE_ELEVATION, REFERENCE_DISTANCE, REFERENCE_FOV):
-        return reference_camera(REFERENCE_DISTANCE, REFERENCE_ELEVATION, REFERENCE_FOV, size)
+    reference camera's distance and field of view; azimuth 0 at the reference elevation is that camera."""
     up = np.array([0.0, 1.0, 0.0]) if abs(elevation) > 89.9 else None  # straight above: up is the front-back axis
     focal = 0.5 * size / np.tan(np.radians(fov) / 2)
     return look_at(orbit_positions(azimuth, elevation, distance)[None], up=up)[0], float(focal)
 
 
 def random_view(rng: np.random.Generator) -> tuple[float, float, float, float]:
-    """(azimuth, elevation, distance, fov) drawn as RealFusion draws its prior's cameras
-    (`onelook.data.prior_views.sample_prior_camera`), out to the reference camera's distance."""
-    polar = np.degrees(np.arccos(rng.uniform(0.0, 1.0))) if rng.random() < 0.5 else rng.uniform(0.0, 120.0)
-    return rng.uniform(0.0, 360.0), 90.0 - polar, rng.uniform(1.0, REFERENCE_DISTANCE), rng.uniform(40.0, 70.0)
+    """(azimuth, elevation, distance, fov) drawn as RealFusion draws its prior's cameras, out to the reference
+    camera's distance."""
+    polar, azimuth, distance, fov = sample_prior_view(rng, distance_range=(1.0, REFERENCE_DISTANCE))
+    return azimuth, 90.0 - polar, distance, fov
 
 
 def render_orbit_view(
@@ -225,16 +221,16 @@ def generate_objects(n: int, size: int, seed: int, out: Path, random_views: int 
     for sub in ("images", "masks", "depth", "meshes"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     frames, objects = [], []
+    orbit = [(a, e, REFERENCE_DISTANCE, REFERENCE_FOV) for a, e in orbit_views()]
     for i in tqdm(range(n), desc="rendering synthetic objects", disable=not progress):
         thing = family_object(seed, i)
         o3d.io.write_triangle_mesh(str(out / "meshes" / f"{i:05d}.ply"), thing.mesh())
         objects.append({"identity": i, "kind": thing.kind, "mesh": f"meshes/{i:05d}.ply", "object": thing.__dict__})
         rng = np.random.default_rng([seed, i, _STREAM, 1])
-        views = [(a, e, REFERENCE_DISTANCE, REFERENCE_FOV) for a, e in orbit_views()]
-        views += [random_view(rng) for _ in range(random_views)]
+        views = orbit + [random_view(rng) for _ in range(random_views)]
         for j, (azimuth, elevation, distance, fov) in enumerate(views):
             view, c2w, focal = render_orbit_view(thing, azimuth, elevation, size, True, distance, fov)
-            name = f"{i:05d}_{int(azimuth):03d}_{int(elevation):02d}" if j < len(orbit_views()) else f"{i:05d}_r{j:03d}"
+            name = f"{i:05d}_{int(azimuth):03d}_{int(elevation):02d}" if j < len(orbit) else f"{i:05d}_r{j:03d}"
             Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / f"{name}.png")
             Image.fromarray(view.mask.astype(np.uint8) * 255).save(out / "masks" / f"{name}.png")
             np.save(out / "depth" / f"{name}.npy", view.depth)

@@ -30,6 +30,21 @@ def view_label(polar_deg: float, azimuth_deg: float) -> str:
     return "front" if azimuth < 60.0 else "back" if azimuth > 120.0 else "side"
 
 
+def sample_prior_view(
+    rng: np.random.Generator,
+    distance_range: tuple[float, float] = (1.0, 1.5),
+    fov_range: tuple[float, float] = (40.0, 70.0),
+    hemisphere_probability: float = 0.5,
+    max_polar: float = 120.0,
+) -> tuple[float, float, float, float]:
+    """A random view's polar angle (degrees from +Z), azimuth, distance and field of view (degrees)."""
+    if rng.random() < hemisphere_probability:
+        polar = np.degrees(np.arccos(rng.uniform(0.0, 1.0)))  # uniform by area on the upper hemisphere
+    else:
+        polar = rng.uniform(0.0, max_polar)
+    return polar, rng.uniform(0.0, 360.0), rng.uniform(*distance_range), rng.uniform(*fov_range)
+
+
 def sample_prior_camera(
     rng: np.random.Generator,
     size: int,
@@ -38,17 +53,12 @@ def sample_prior_camera(
     hemisphere_probability: float = 0.5,
     max_polar: float = 120.0,
 ) -> tuple[Cameras, str]:
-    if rng.random() < hemisphere_probability:
-        polar = np.degrees(np.arccos(rng.uniform(0.0, 1.0)))  # uniform by area on the upper hemisphere
-    else:
-        polar = rng.uniform(0.0, max_polar)
-    azimuth = rng.uniform(0.0, 360.0)
-    distance = rng.uniform(*distance_range)
+    polar, azimuth, distance, fov = sample_prior_view(rng, distance_range, fov_range, hemisphere_probability, max_polar)
     position = orbit_positions(azimuth, 90.0 - polar, distance)
     # Straight above or below, "up" for the camera is the object's front-back axis.
     up = np.array([0.0, 1.0, 0.0]) if np.sin(np.radians(polar)) < 1e-3 else None
     c2w = look_at(position[None], up=up)[0]
-    focal = 0.5 * size / np.tan(np.radians(rng.uniform(*fov_range)) / 2)
+    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
     camera = Cameras(
         camera_to_worlds=torch.as_tensor(c2w[:3], dtype=torch.float32)[None],
         fx=float(focal),

@@ -38,22 +38,19 @@ class ExemplarPrior(DiffusionPrior):
         self.alphas_cumprod = alphas_cumprod.to(self.device, torch.float32)
         self.image_size = image_size or next(iter(exemplars.values())).shape[-1]
         with torch.no_grad():
-            latents = {label: self._encode(images.to(self.device), sample=False) for label, images in exemplars.items()}
+            latents = {label: self.encode_images(images.to(self.device)) for label, images in exemplars.items()}
         self.labels = [label for label in VIEW_LABELS if label in latents]
         self.latents = torch.cat([latents[label] for label in self.labels])  # (M, C, h, w)
         self.label_of = torch.cat(
             [torch.full((len(latents[label]),), i, device=self.device) for i, label in enumerate(self.labels)]
         )
 
-    def _encode(self, rgb: Tensor, sample: bool) -> Tensor:
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """Pixels in [-1, 1] at `image_size`, or their VAE latents (the posterior's mean: deterministic)."""
         rgb = torch.nn.functional.interpolate(rgb, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         if self.vae is None:
             return 2.0 * rgb - 1.0
-        posterior = self.vae.encode(2.0 * rgb - 1.0).latent_dist
-        return (posterior.sample() if sample else posterior.mean) * self.vae.config.scaling_factor
-
-    def encode_images(self, rgb: Tensor) -> Tensor:
-        return self._encode(rgb, sample=False)
+        return self.vae.encode(2.0 * rgb - 1.0).latent_dist.mean * self.vae.config.scaling_factor
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """(P, 1, L) indicator of the prompt's view label among the exemplars' (all zero: unconditional, or a

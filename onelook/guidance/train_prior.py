@@ -177,10 +177,10 @@ def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None =
             checkpoint.save(step + 1)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        scaling = 1.0 / float(torch.cat([vae.encode(b).latent_dist.mean for b in pixels.split(256)]).std())
+        latents = torch.cat([vae.encode(b).latent_dist.mean for b in pixels.split(256)])
+    scaling = 1.0 / float(latents.std())  # unit-variance latents, as Stable Diffusion's scaling factor gives
     vae.register_to_config(scaling_factor=scaling)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(b).latent_dist.mean for b in pixels.split(256)]) * scaling
+    latents = latents * scaling
 
     # Stage 2: the UNet and the text encoder, on the denoising loss.
     parameters = [*unet.parameters(), *text_encoder.parameters()]
@@ -221,24 +221,20 @@ def denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, 
 
 @torch.no_grad()
 def held_out_loss(folder: Path, synth_dir: Path, batches: int = 20, batch_size: int = 64, seed: int = 0) -> float:
-    """The trained prior's denoising loss on renders it never saw (same timesteps and noise every call)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The trained prior's denoising loss on renders it never saw (same timesteps and noise every call), loaded
+    and scored the way RealFusion loads and textual inversion scores Stable Diffusion."""
+    from onelook.guidance.stable_diffusion import StableDiffusionPrior
+    from onelook.guidance.textual_inversion import denoising_loss as prior_denoising_loss
 
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
-    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-    images, kinds, views = load_renders(synth_dir, vae.config.sample_size)
+    prior = StableDiffusionPrior.load(folder, device="cpu", half_precision=False)
+    images, kinds, views = load_renders(synth_dir, prior.image_size)
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     losses = []
     for _ in range(batches):
         index = torch.randint(len(images), (batch_size,), generator=generator)
-        latents = vae.encode(2.0 * images[index] - 1.0).latent_dist.mean * vae.config.scaling_factor
         captions = [caption_for(kinds[i], views[i], rng) for i in index.tolist()]
-        losses.append(float(denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, generator)))
+        losses.append(float(prior_denoising_loss(prior, images[index], captions, generator)))
     return float(np.mean(losses))
 
 

@@ -19,14 +19,25 @@ import trimesh
 from PIL import Image
 from tqdm import tqdm
 
-from onelook.data.object_family import OBJECT_RADIUS, REFERENCE_ELEVATION, family_object, front_photo, render_orbit_view
+from onelook.data.object_family import (
+    OBJECT_RADIUS,
+    OVERHEAD_ELEVATION,
+    REFERENCE_ELEVATION,
+    family_object,
+    front_photo,
+    render_orbit_view,
+)
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim
 from onelook.realfusion.result import RealFusionResult
 from onelook.realfusion.train import QUALITY, Quality, train_realfusion
 
 VARIANTS = ("reference_only", "class_word", "realfusion")
-VIEWS = {"90": (90.0, REFERENCE_ELEVATION), "180": (180.0, REFERENCE_ELEVATION), "270": (270.0, REFERENCE_ELEVATION)}
-VIEWS["overhead"] = (0.0, 70.0)
+VIEWS = {
+    "90": (90.0, REFERENCE_ELEVATION),
+    "180": (180.0, REFERENCE_ELEVATION),
+    "270": (270.0, REFERENCE_ELEVATION),
+    "overhead": (0.0, OVERHEAD_ELEVATION),
+}
 OBJECT_SIZE = 2 * OBJECT_RADIUS
 FSCORE_THRESHOLD = 0.05  # of the object's size
 SURFACE_SAMPLES = 20_000
