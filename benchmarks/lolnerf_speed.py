@@ -130,7 +130,7 @@ def main() -> None:
         keypoints = project(head.keypoints(), c2w[None], FOCAL_FACTOR * 64, (64, 64))[0][0]
         photo = (view.rgb * 255).round().astype(np.uint8)
         start = time.perf_counter()
-        result = recon.fit(photo, landmarks=keypoints, mask=view.mask, steps=200, progress=False)
+        result = recon.fit(photo, landmarks=keypoints, mask=view.mask, steps=200, show_progress=False)
         fitted = time.perf_counter()
         result.turntable(frames=24, size=64)
         turned = time.perf_counter()

@@ -13,15 +13,19 @@ import json
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onelook.data.images import ImageError, LoadedImage, load_image
+from onelook.data.object_image import prepare_object_image
+from onelook.export import export_all
+from onelook.export.images import write_video
+from onelook.guidance.stable_diffusion import PriorUnavailableError
+from onelook.landmarks.mediapipe_face import FaceLandmarker, NoFaceError
+from onelook.lolnerf import Reconstruction, Reconstructor
+from onelook.realfusion.train import QUALITY, train_realfusion
+from onelook.runs import UnsafeRunConfigError
 from onelook.worker import JobError, JobResult, JobUpdate
-
-if TYPE_CHECKING:
-    from onelook.lolnerf import Reconstruction
 
 EXAMPLES = Path(__file__).parent / "assets" / "examples"
 DEMO_MODEL = Path(__file__).parent / "assets" / "demo_lolnerf"
@@ -75,7 +79,6 @@ class ExampleKeypoints:
 
 def face_keypoints(path: str | Path, rgb: np.ndarray, examples: ExampleKeypoints):
     """(keypoints (5, 2), mask or None): an example's known keypoints, else MediaPipe's five face landmarks."""
-    from onelook.landmarks.mediapipe_face import FaceLandmarker, NoFaceError
 
     known = examples.find(path)
     if known is not None:
@@ -92,8 +95,6 @@ def face_keypoints(path: str | Path, rgb: np.ndarray, examples: ExampleKeypoints
 
 def load_reconstructor(run: Path, device: str | None):
     """(Reconstructor, None), or (None, the reason in words) when `run` holds no usable LOLNeRF model."""
-    from onelook.lolnerf import Reconstructor
-    from onelook.runs import UnsafeRunConfigError
 
     try:
         return Reconstructor.from_run(run, device=device), None
@@ -113,10 +114,6 @@ class AppJobs:
         self, path: str, object_fraction: float, quality: str, seed: int, out: Path
     ) -> Iterator[JobUpdate | JobResult]:
         """RealFusion on one photo: (status text), then the exported files' paths by name."""
-        from onelook.data.object_image import prepare_object_image
-        from onelook.export import export_all
-        from onelook.guidance.stable_diffusion import PriorUnavailableError
-        from onelook.realfusion.train import QUALITY, train_realfusion
 
         if self.sd_model is None:
             raise JobError("No diffusion model is set: start the app with --sd-model ID_OR_FOLDER (or --prior tiny).")
@@ -149,7 +146,7 @@ class AppJobs:
         upload = load_upload(path)
         keypoints, mask = face_keypoints(path, upload.rgb, self.examples)
         fitting = recon.fit_steps(
-            upload.rgb, keypoints, mask, focal_length=upload.focal_length, steps=steps, seed=seed, progress=False
+            upload.rgb, keypoints, mask, focal_length=upload.focal_length, steps=steps, seed=seed, show_progress=False
         )
         for step, result in fitting:
             if result is None:
@@ -158,7 +155,6 @@ class AppJobs:
 
     def reconstruct_face(self, path: str, quality: str, seed: int, out: Path) -> Iterator[JobUpdate | JobResult]:
         """LOLNeRF on one photo: the exported files' paths, and the state the angle sliders render from."""
-        from onelook.export import export_all
 
         preset = LOLNERF_QUALITY[quality]
         result = yield from self._fit(path, preset.steps, seed, "fitting the photo's latent code")
@@ -175,7 +171,6 @@ class AppJobs:
 
     def interpolate_faces(self, path_a: str, path_b: str, quality: str, out: Path) -> Iterator[JobUpdate | JobResult]:
         """A video morphing from one photo's fitted object to the other's."""
-        from onelook.export.images import write_video
 
         steps = LOLNERF_QUALITY[quality].steps
         fitted = []

@@ -167,12 +167,13 @@ def _train_prior(args: argparse.Namespace) -> int:
 def _invert(args: argparse.Namespace) -> int:
     from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE
     from onelook.data.object_image import prepare_object_image
+    from onelook.device import resolve_device
     from onelook.guidance.stable_diffusion import StableDiffusionPrior
     from onelook.guidance.textual_inversion import invert
 
     # At Stable Diffusion's resolution, from the photo itself; fails on a bad image before loading any model.
     prepared = prepare_object_image(args.image, args.mask, size=INVERSION_IMAGE_SIZE)
-    device = args.device or _default_device()
+    device = resolve_device(args.device)
     prior = StableDiffusionPrior.load(args.sd_model, device=device, half_precision=args.half_precision)
     learned = invert(
         prior,
@@ -195,12 +196,6 @@ def _export(args: argparse.Namespace) -> int:
     )
     print("\n".join(f"{name}: {path}" for name, path in paths.items()))
     return 0
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import pkgutil
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import yaml
 from yaml.constructor import ConstructorError
+
+from onelook.device import resolve_device
 
 # The config dataclasses `ns-train lolnerf`, `lolnerf-small` and `realfusion` write (tests/test_runs.py checks
 # that this is every one of them). Built field by field: no constructor, no __setstate__, no code of theirs runs.
@@ -188,8 +191,16 @@ def model_state(pipeline_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
-def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
-    """The trained model of a run, without its dataset or anything else the trainer builds.
+class TrainedRun(NamedTuple):
+    config: Any  # the run's TrainerConfig, as config.yml holds it
+    model: Any  # its trained nerfstudio Model, in eval mode
+
+
+def load_run(
+    run_dir: Path, expected: type | tuple[type, ...] = object, device: str | torch.device | None = None
+) -> TrainedRun:
+    """The config and trained model of a run (config.yml read once), without its dataset or anything else the
+    trainer builds.
 
     `expected` (a Model class) must be what the run trained; the model class rebuilds its constructor's
     metadata from its own saved buffers (`metadata_from_state`).
@@ -200,11 +211,12 @@ def load_model(run_dir: Path, expected: type, device: str | torch.device | None 
     config = load_run_config(config_path)
     target = config.pipeline.model._target
     if not (isinstance(target, type) and issubclass(target, expected)):
-        raise ValueError(f"{config_path} is a {config.method_name} run, not a {expected.__name__} one")
+        wanted = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        raise ValueError(f"{config_path} is a {config.method_name} run, not a {wanted} one")
     state = model_state(load_checkpoint(checkpoint_path)["pipeline"])
     _match_hash_grid_implementation(config.pipeline.model, state, checkpoint_path)
     radius = float(state["scene_radius_buffer"])
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(device))
     model = config.pipeline.model.setup(
         scene_box=SceneBox(aabb=torch.tensor([[-radius] * 3, [radius] * 3])),
         num_train_data=target.num_train_data_from_state(state),
@@ -212,18 +224,24 @@ def load_model(run_dir: Path, expected: type, device: str | torch.device | None 
         device=device,
     )
     model.load_state_dict(state)
-    return model.to(device).eval()
+    return TrainedRun(config, model.to(device).eval())
+
+
+def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
+    """The trained model of a run (see `load_run`)."""
+    return load_run(run_dir, expected, device).model
 
 
 def load_result(run_dir: Path, device: str | torch.device | None = None):
-    """A trained run of either method as one exportable result (`onelook.export.Exportable`, world frame):
+    """A trained run of either method as one exportable result (`onelook.export.Exportable`, model frame):
     a RealFusion run's object, or a LOLNeRF run's category's mean object (its mean latent)."""
     from onelook.lolnerf import Reconstructor
     from onelook.models.lolnerf import LOLNeRFModel
+    from onelook.models.realfusion import RealFusionModel
     from onelook.realfusion import RealFusionResult
 
-    target = load_run_config(find_run(Path(run_dir))[0]).pipeline.model._target
-    if isinstance(target, type) and issubclass(target, LOLNeRFModel):
-        recon = Reconstructor.from_run(run_dir, device=device)
+    run = load_run(Path(run_dir), (LOLNeRFModel, RealFusionModel), device)
+    if isinstance(run.model, LOLNeRFModel):
+        recon = Reconstructor(run.model)
         return recon.reconstruction(recon.model.latents.mean())
-    return RealFusionResult.from_run(run_dir, device=device)
+    return RealFusionResult.from_model(run.model, run.config.pipeline.datamanager.dataparser)

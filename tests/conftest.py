@@ -67,7 +67,7 @@ def chromium():
 def synth_dir(tmp_path_factory) -> Path:
     from onelook.data.synthetic import generate
 
-    return generate(n=36, size=64, seed=7, out=tmp_path_factory.mktemp("synth"), progress=False)
+    return generate(n=36, size=64, seed=7, out=tmp_path_factory.mktemp("synth"), show_progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +82,7 @@ def synth_dataset(synth_dir, tmp_path_factory) -> Path:
         masks=synth_dir / "masks",
         size=64,
         workers=1,
-        progress=False,
+        show_progress=False,
     )
     return out
 

@@ -46,7 +46,9 @@ def test_dataparser_loads_images_masks_and_latent_indices(synth_dataset):
 
 
 def test_resume_skips_finished_images(synth_dir, tmp_path):
-    args = dict(landmarks=synth_dir / "landmarks.json", masks=synth_dir / "masks", size=48, workers=1, progress=False)
+    args = dict(
+        landmarks=synth_dir / "landmarks.json", masks=synth_dir / "masks", size=48, workers=1, show_progress=False
+    )
     first = prepare_dataset(synth_dir / "images", tmp_path, **args)
     assert first.resumed == 0
     # An interruption: the last 5 images lost their records (and so count as not done).
@@ -71,7 +73,7 @@ def test_a_killed_prepare_resumes_where_it_stopped(tmp_path):
 
     from onelook.data.synthetic import generate
 
-    synth = generate(n=1500, size=32, seed=3, out=tmp_path / "synth", progress=False)
+    synth = generate(n=1500, size=32, seed=3, out=tmp_path / "synth", show_progress=False)
     out = tmp_path / "dataset"
     command = [sys.executable, "-m", "onelook.cli", "prepare", str(synth / "images"), "--out", str(out)]
     command += ["--landmarks", str(synth / "landmarks.json"), "--masks", str(synth / "masks"), "--size", "32"]
@@ -173,7 +175,7 @@ def test_landmarks_file_errors_are_per_image(synth_dir, tmp_path):
     landmarks["no-such-image.png"] = landmarks["00007.png"]
     (tmp_path / "lm.json").write_text(json.dumps(landmarks))  # json writes NaN, and Python reads it back
     report = prepare_dataset(
-        images, tmp_path / "out", landmarks=tmp_path / "lm.json", size=48, workers=1, progress=False
+        images, tmp_path / "out", landmarks=tmp_path / "lm.json", size=48, workers=1, show_progress=False
     )
     reasons = dict(report.errors)
     assert "no entry" in reasons["00001.png"]
@@ -243,7 +245,7 @@ def test_focal_lengths_from_exif_hold_the_cameras(tmp_path):
     better than with the focal length estimated. One photo without EXIF, and the fit estimates it again."""
     from onelook.data.synthetic import generate
 
-    synth = generate(60, 96, seed=4, out=tmp_path / "synth", category="animals", progress=False)
+    synth = generate(60, 96, seed=4, out=tmp_path / "synth", category="animals", show_progress=False)
     meta = json.loads((synth / "synth.json").read_text())
     focal_35mm = round(meta["focal_length"] * np.hypot(36, 24) / np.hypot(96, 96))
     photos = tmp_path / "photos"
@@ -253,12 +255,12 @@ def test_focal_lengths_from_exif_hold_the_cameras(tmp_path):
         exif[0x8769] = {0xA405: focal_35mm, 0xA002: 96, 0xA003: 96}  # the 35 mm focal, the frame's pixels
         Image.open(synth / "images" / frame["file"]).save(photos / frame["file"], exif=exif if i else None)
     options = {"landmarks": synth / "landmarks.json", "masks": synth / "masks", "size": 64, "workers": 1}
-    partial = prepare_dataset(photos, tmp_path / "partial", progress=False, **options)
+    partial = prepare_dataset(photos, tmp_path / "partial", show_progress=False, **options)
     assert "only 59 of 60" in str(partial)
 
     shutil.copy(synth / "images" / meta["frames"][0]["file"], photos / meta["frames"][0]["file"])
     Image.open(photos / meta["frames"][0]["file"]).save(photos / meta["frames"][0]["file"], exif=exif)
-    report = prepare_dataset(photos, tmp_path / "exif", progress=False, **options)
+    report = prepare_dataset(photos, tmp_path / "exif", show_progress=False, **options)
     assert "EXIF" in str(report)
 
     truth = {f["file"]: np.array(f["camera_to_world"]) for f in meta["frames"]}

@@ -92,7 +92,7 @@ def test_textual_inversion_learns_only_the_new_word(tiny_sd, object_photo, tmp_p
     prior.add_token("<cup>", initializer="object")
     before = prior.text_encoder.get_input_embeddings().weight.detach().clone()
     start = loss_on_image("<cup>")
-    learned = invert(prior, image, steps=60, token="<cup>", learning_rate=5e-2, progress=False)
+    learned = invert(prior, image, steps=60, token="<cup>", learning_rate=5e-2, show_progress=False)
     after = prior.text_encoder.get_input_embeddings().weight.detach()
     token_id = prior.tokenizer.convert_tokens_to_ids("<cup>")
     changed = (after != before).any(dim=1)
@@ -116,7 +116,7 @@ def test_fp16_textual_inversion_stays_finite_and_changes_only_the_new_row(prior_
     assert table.dtype == torch.float16
     prior_fp16.add_token("<cup16>", initializer="object")
     before = table.detach().clone()
-    learned = invert(prior_fp16, image, steps=8, token="<cup16>", progress=False)
+    learned = invert(prior_fp16, image, steps=8, token="<cup16>", show_progress=False)
     assert learned.embedding.dtype == torch.float32 and torch.isfinite(learned.embedding).all()
     token_id = prior_fp16.tokenizer.convert_tokens_to_ids("<cup16>")
     changed = (table.detach() != before).any(dim=1)
@@ -253,7 +253,7 @@ def test_inversion_learns_from_a_full_resolution_crop_and_accumulates_four_image
     prior = StableDiffusionPrior.load(tiny_sd, device="cpu")
     calls = []
     hook = prior.unet.register_forward_hook(lambda *_: calls.append(1))
-    invert(prior, inversion, steps=3, progress=False)
+    invert(prior, inversion, steps=3, show_progress=False)
     hook.remove()
     assert len(calls) == 3 * 4
 

@@ -59,7 +59,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 def test_fit_improves_over_the_mean_latent(reconstructor, held_out):
     photo, keypoints, mask = held_out
-    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=60, progress=False)
+    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=60, show_progress=False)
     assert result.image_size == (96, 96)
     mean = reconstructor.reconstruction(reconstructor.model.latents.mean())
     target = photo / 255.0
@@ -74,7 +74,7 @@ def test_fit_improves_over_the_mean_latent(reconstructor, held_out):
 
 def test_render_any_camera(reconstructor, held_out):
     photo, keypoints, mask = held_out
-    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=5, progress=False)
+    result = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=5, show_progress=False)
     c2w, focal = result.camera_at(30.0, 10.0)
     out = result.render(c2w, focal, (40, 56))
     assert out["rgb"].shape == (40, 56, 3) and out["depth"].shape == (40, 56) and out["alpha"].shape == (40, 56)
@@ -145,7 +145,7 @@ def test_cli_sample_and_interpolate(trained_run, held_out, tmp_path):
 def test_fit_rejects_wrong_keypoint_count(reconstructor, held_out):
     photo, keypoints, _ = held_out
     with pytest.raises(ValueError, match="5 keypoints"):
-        reconstructor.fit(photo, landmarks=keypoints[:4], steps=1, progress=False)
+        reconstructor.fit(photo, landmarks=keypoints[:4], steps=1, show_progress=False)
 
 
 def test_eval_measures_against_the_truth(trained_run, synth_dir, synth_dataset, tmp_path):
@@ -179,12 +179,12 @@ def test_a_photo_is_placed_at_its_own_focal_length(reconstructor, held_out, tmp_
     exif = Image.Exif()
     exif[0x8769] = {0xA405: 40}  # 35 mm equivalent, a wide lens: 40 * hypot(96, 96) / hypot(36, 24) = 126 px
     Image.fromarray(photo).save(tmp_path / "photo.jpg", exif=exif, quality=95)
-    from_exif = reconstructor.fit(tmp_path / "photo.jpg", landmarks=keypoints, mask=mask, steps=1, progress=False)
+    from_exif = reconstructor.fit(tmp_path / "photo.jpg", landmarks=keypoints, mask=mask, steps=1, show_progress=False)
     assert from_exif.focal_length == pytest.approx(40 * np.hypot(96, 96) / np.hypot(36, 24))
-    from_array = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, progress=False)
+    from_array = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, show_progress=False)
     assert from_array.focal_length == pytest.approx(reconstructor.locate(keypoints, (96, 96)).focal_length)
     assert from_array.focal_length > 1.2 * from_exif.focal_length  # the training crops': about 2x the side
-    given = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, progress=False, focal_length=250.0)
+    given = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=1, show_progress=False, focal_length=250.0)
     # The same keypoints at a longer focal length: the camera sits about proportionally farther away.
     ratio = np.linalg.norm(given.camera_to_world[:3, 3]) / np.linalg.norm(from_exif.camera_to_world[:3, 3])
     assert ratio == pytest.approx(250.0 / from_exif.focal_length, rel=0.15)

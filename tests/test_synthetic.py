@@ -13,9 +13,9 @@ from onelook.data.synthetic import CATEGORIES, FOCAL_FACTOR, generate, identity,
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    a = generate(3, 32, seed=5, out=tmp_path / "a", progress=False)
-    b = generate(3, 32, seed=5, out=tmp_path / "b", progress=False)
-    c = generate(3, 32, seed=6, out=tmp_path / "c", progress=False)
+    a = generate(3, 32, seed=5, out=tmp_path / "a", show_progress=False)
+    b = generate(3, 32, seed=5, out=tmp_path / "b", show_progress=False)
+    c = generate(3, 32, seed=6, out=tmp_path / "c", show_progress=False)
     for name in ("00000.png", "00002.png"):
         assert (a / "images" / name).read_bytes() == (b / "images" / name).read_bytes()
         assert (a / "images" / name).read_bytes() != (c / "images" / name).read_bytes()
@@ -64,7 +64,7 @@ def test_other_categories_have_exact_ground_truth(category, tmp_path):
     identity by several percent of the object's size; masks match depth; the focal length is the category's."""
     import open3d as o3d
 
-    out = generate(4, 48, seed=2, out=tmp_path / category, category=category, progress=False)
+    out = generate(4, 48, seed=2, out=tmp_path / category, category=category, show_progress=False)
     meta = json.loads((out / "synth.json").read_text())
     kind = CATEGORIES[category]
     assert meta["category"] == category and meta["focal_length"] == kind.focal_factor * 48

@@ -31,17 +31,17 @@ def test_captions_are_a_few_whole_word_tokens(tmp_path):
 
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory):
-    return generate_objects(2, 16, seed=0, out=tmp_path_factory.mktemp("objects"), random_views=2, progress=False)
+    return generate_objects(2, 16, seed=0, out=tmp_path_factory.mktemp("objects"), random_views=2, show_progress=False)
 
 
 @pytest.mark.slow
 def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path):
     config = PriorTrainingConfig(image_size=16, vae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=1)
-    folder = train_prior(renders, tmp_path / "prior", config, progress=False)
+    folder = train_prior(renders, tmp_path / "prior", config, show_progress=False)
     vae_weights = load_file(folder / "training" / "vae.safetensors")
     # The same command with more steps resumes the UNet stage where it stopped (the VAE is not trained again).
     config.unet_steps = 4
-    train_prior(renders, folder, config, progress=False)
+    train_prior(renders, folder, config, show_progress=False)
     assert torch.load(folder / "training" / "unet.state.pt", weights_only=True)["step"] == 4
     for name, value in load_file(folder / "training" / "vae.safetensors").items():
         assert torch.equal(value, vae_weights[name])

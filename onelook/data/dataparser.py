@@ -18,9 +18,9 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from onelook.data import TRANSFORMS
 from onelook.data.crop import DEFAULT_CROP_SCALE
 
-TRANSFORMS = "transforms.json"
 # `onelook prepare` scales canonical keypoints to an RMS radius of 0.25 around their centroid; objects extend
 # well behind that centroid (a head behind its face), so the scene reaches 1.5 on every side.
 SCENE_BOUND = 1.5

@@ -211,7 +211,9 @@ def caption(kind: str, azimuth: float, elevation: float) -> str:
     return f"a photo of a {kind}, {view_label(90.0 - elevation, azimuth)} view"
 
 
-def generate_objects(n: int, size: int, seed: int, out: Path, random_views: int = 0, progress: bool = True) -> Path:
+def generate_objects(
+    n: int, size: int, seed: int, out: Path, random_views: int = 0, show_progress: bool = True
+) -> Path:
     """Writes every view of `n` identities (`orbit_views`, then `random_views` cameras drawn as RealFusion draws
     its prior's: what a prior trained on them should know): images/ (object on white), masks/, depth/ (float32
     .npy, along the optical axis), meshes/ (the true mesh, .ply), and synth.json (cameras, kinds, captions)."""
@@ -222,7 +224,7 @@ def generate_objects(n: int, size: int, seed: int, out: Path, random_views: int 
         (out / sub).mkdir(parents=True, exist_ok=True)
     frames, objects = [], []
     orbit = [(a, e, REFERENCE_DISTANCE, REFERENCE_FOV) for a, e in orbit_views()]
-    for i in tqdm(range(n), desc="rendering synthetic objects", disable=not progress):
+    for i in tqdm(range(n), desc="rendering synthetic objects", disable=not show_progress):
         thing = family_object(seed, i)
         o3d.io.write_triangle_mesh(str(out / "meshes" / f"{i:05d}.ply"), thing.mesh())
         objects.append({"identity": i, "kind": thing.kind, "mesh": f"meshes/{i:05d}.ply", "object": thing.__dict__})

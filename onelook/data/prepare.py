@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from onelook import __version__
 from onelook.cameras import CameraFit, fit_cameras
+from onelook.data import TRANSFORMS
 from onelook.data.crop import DEFAULT_CROP_SCALE
 from onelook.data.preprocess import ImageJob, ImageRecord, init_worker, process
 
-TRANSFORMS = "transforms.json"
 _OPTIONS = "prepare_options.json"
 
 
@@ -74,7 +74,7 @@ def prepare_dataset(
     size: int = 128,
     crop_scale: float = DEFAULT_CROP_SCALE,
     workers: int | None = None,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> PrepareReport:
     """Builds (or resumes building) a dataset in `out`; see the module docstring. `workers`: processes for the
     per-image work, default one per CPU core."""
@@ -125,7 +125,7 @@ def prepare_dataset(
         keypoints = given[source.name] if given is not None else None
         jobs.append((name, ImageJob(source, name, out, size, crop_scale, keypoints, mask)))
 
-    bar = tqdm(total=len(jobs), desc="preparing images", unit="img", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="preparing images", unit="img", disable=not show_progress)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")  # MediaPipe and torch do not survive fork safely

@@ -145,7 +145,7 @@ def _category(name: str) -> SynthCategory:
     return CATEGORIES[name]
 
 
-def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", progress: bool = True) -> Path:
+def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", show_progress: bool = True) -> Path:
     """Writes n single views (one per identity) with images, masks, depth, true cameras and keypoints.
 
     Layout: images/, masks/, depth/ (float32 .npy), synth.json (everything true), and landmarks.json (file
@@ -159,7 +159,7 @@ def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", p
         (out / sub).mkdir(parents=True, exist_ok=True)
     focal = kind.focal_factor * size
     frames, landmarks = [], {}
-    for i in tqdm(range(n), desc=f"rendering synthetic {category}", disable=not progress):
+    for i in tqdm(range(n), desc=f"rendering synthetic {category}", disable=not show_progress):
         head, c2w, angles = identity(seed, i, category)
         view = render(head, c2w, focal, size)
         name = f"{i:05d}.png"

@@ -1,7 +1,11 @@
 """Exporting a reconstruction, the same way for every method: views, depth, normals, turntable, meshes.
 
 Anything with `render(camera_to_world, focal_length, size)`, `turntable_cameras(frames)`, `camera_to_world`,
-`focal_length`, `image_size` and `mesh(resolution)` can be exported (see `onelook.lolnerf.Reconstruction`).
+`focal_length`, `image_size` and `mesh(resolution)` can be exported: `onelook.lolnerf.Reconstruction` and
+`onelook.realfusion.RealFusionResult` are (`onelook.runs.load_result` loads either from a run). One frame
+convention for all of it: the model's frame (where its field lives; RealFusion's dataparser applies no
+transform, so there it is also the world of the reference camera), OpenGL cameras, principal point at the
+image centre, focal length in pixels of `image_size`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from onelook.export.mesh import save_mesh
 
 
 class Exportable(Protocol):
+    """A reconstruction, as `export_all` sees it (the result type of both methods)."""
+
     camera_to_world: np.ndarray
     focal_length: float
     image_size: tuple[int, int]

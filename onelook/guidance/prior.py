@@ -52,18 +52,10 @@ class DiffusionPrior(ABC):
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, *([1] * (latents.dim() - 1))).to(latents)
         return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
 
-    def sds(
-        self,
-        rgb: Tensor,
-        text: Tensor,
-        uncond: Tensor,
-        guidance_scale: float = 100.0,
-        t_range: tuple[float, float] = (0.02, 0.98),
-        generator: torch.Generator | None = None,
-    ) -> SDSOutput:
+    def sds(self, rgb: Tensor, *args, **kwargs) -> SDSOutput:
         """Score distillation on rendered images (B, 3, H, W) in [0, 1]; the gradient reaches them through
-        `encode_images`. See `sds_on_latents`."""
-        return self.sds_on_latents(self.encode_images(rgb).float(), text, uncond, guidance_scale, t_range, generator)
+        `encode_images`. The other arguments are `sds_on_latents`'."""
+        return self.sds_on_latents(self.encode_images(rgb).float(), *args, **kwargs)
 
     def sds_on_latents(
         self,

@@ -182,16 +182,11 @@ class StableDiffusionPrior(DiffusionPrior):
         return self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
 
 
-def shared_prior(
-    model: str | Path = DEFAULT_SD_MODEL,
-    device: str | torch.device = "cpu",
-    half_precision: bool | None = None,
-    attention_slicing: bool = True,
-    vae_tiling: bool = False,
-) -> StableDiffusionPrior:
-    """`StableDiffusionPrior.load`, once per process and settings: the demo app's worker keeps the prior between
-    requests. Safe to share: users only add tokens (`add_token` re-initialises one that exists)."""
-    key = (str(model), str(torch.device(device)), half_precision, attention_slicing, vae_tiling)
+def shared_prior(model: str | Path, device: str | torch.device, **settings) -> StableDiffusionPrior:
+    """`StableDiffusionPrior.load(model, device, **settings)`, once per process and settings: the demo app's
+    worker keeps the prior between requests. Safe to share: users only add tokens (`add_token` re-initialises
+    one that exists)."""
+    key = (str(model), str(torch.device(device)), tuple(sorted(settings.items())))
     if key not in _SHARED:
-        _SHARED[key] = StableDiffusionPrior.load(model, device, half_precision, attention_slicing, vae_tiling)
+        _SHARED[key] = StableDiffusionPrior.load(model, device, **settings)
     return _SHARED[key]

@@ -138,7 +138,7 @@ def invert_steps(
     batch_size: int = 1,
     gradient_accumulation: int = 4,
     seed: int = 0,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> Iterator[tuple[int, LearnedToken | None]]:
     """Learns `token` for the object in `image` ((H, W, 3) uint8, the object on a plain background), yielding
     (step, None) after each optimiser step, then (steps, the LearnedToken); stopping the iteration stops the
@@ -165,7 +165,7 @@ def invert_steps(
     source = torch.as_tensor(image, dtype=torch.float32).permute(2, 0, 1) / 255.0
     hook = layer.register_forward_hook(use_word)
     try:
-        for step in trange(steps, desc="textual inversion", disable=not progress):
+        for step in trange(steps, desc="textual inversion", disable=not show_progress):
             optimizer.zero_grad()
             for _ in range(gradient_accumulation):
                 images = torch.stack([augment(source) for _ in range(batch_size)]).to(prior.device)

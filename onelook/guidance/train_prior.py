@@ -14,6 +14,7 @@ over the VAE's latents (captions dropped 10% of the time, for classifier-free gu
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -31,19 +32,29 @@ from onelook.guidance.tiny import SmallSDSizes, byte_vocab, save_stable_diffusio
 
 REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
 CAPTION_DROPOUT = 0.1
+POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes with a sample, the UNet learns on means
 
 
 @dataclass
 class PriorTrainingConfig:
     image_size: int = 32
+    """Side of the images the prior is trained on, in pixels (its latents are half that)."""
     vae_steps: int = 1500
+    """Training steps of the VAE (stage 1)."""
     unet_steps: int = 12000
+    """Training steps of the UNet and the text encoder together (stage 2)."""
     batch_size: int = 32
+    """Images per step, both stages."""
     vae_lr: float = 1e-3
+    """AdamW learning rate of the VAE."""
     unet_lr: float = 4e-4
+    """AdamW learning rate of the UNet and the text encoder."""
     kl_weight: float = 1e-6
+    """Weight of the VAE's KL term (small, as Stable Diffusion's: the latents stay close to the images)."""
     checkpoint_every: int = 500
+    """Steps between checkpoints; an interrupted run resumes from the last one."""
     seed: int = 0
+    """Seeds the initial weights, the batches, the noise and the captions' wording."""
 
 
 def load_renders(synth_dir: Path, image_size: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -139,7 +150,9 @@ class _Checkpoint:
         self.path.with_suffix(".tmp").replace(self.path)
 
 
-def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None = None, progress: bool = True) -> Path:
+def train_prior(
+    synth_dir: Path, out: Path, config: PriorTrainingConfig | None = None, show_progress: bool = True
+) -> Path:
     """Trains (or resumes) the prior on the renders in `synth_dir`; writes the diffusers folder `out`."""
 
     config = config or PriorTrainingConfig()
@@ -161,12 +174,17 @@ def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None =
     )
     pixels = 2.0 * images - 1.0
 
-    # Stage 1: the VAE.
+    # Stage 1: the VAE, its posterior narrow from the start (with diffusers' default it stays wide, and a
+    # posterior sample is then mostly noise to a UNet trained on the means).
+    with torch.no_grad():
+        latent_channels = vae.quant_conv.out_channels // 2
+        vae.quant_conv.weight[latent_channels:].zero_()
+        vae.quant_conv.bias[latent_channels:].fill_(2.0 * math.log(POSTERIOR_STD))
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
     checkpoint = _Checkpoint(work, "vae", {"vae": vae}, optimizer)
     start = checkpoint.load()
     generator = torch.Generator().manual_seed(config.seed + start)
-    for step in tqdm(range(start, config.vae_steps), desc="VAE", disable=not progress):
+    for step in tqdm(range(start, config.vae_steps), desc="VAE", disable=not show_progress):
         batch = pixels[torch.randint(len(pixels), (config.batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         loss = F.mse_loss(vae.decode(posterior.sample()).sample, batch) + config.kl_weight * posterior.kl().mean()
@@ -189,7 +207,7 @@ def train_prior(synth_dir: Path, out: Path, config: PriorTrainingConfig | None =
     start = checkpoint.load()
     rng = random.Random(config.seed + start)
     generator = torch.Generator().manual_seed(config.seed + start)
-    bar = tqdm(range(start, config.unet_steps), desc="UNet", disable=not progress)
+    bar = tqdm(range(start, config.unet_steps), desc="UNet", disable=not show_progress)
     for step in bar:
         index = torch.randint(len(latents), (config.batch_size,), generator=generator)
         captions = [

@@ -143,7 +143,7 @@ def evaluate(
             landmarks=keypoints,
             mask=view.mask,
             steps=fit_steps,
-            progress=False,
+            show_progress=False,
             seed=j,
         )
         fit_c2w.append(fitted.camera_to_world)

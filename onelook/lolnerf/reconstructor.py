@@ -94,7 +94,7 @@ class Reconstructor:
         mask_weight: float = 1.0,
         seed: int = 0,
         focal_length: float | None = None,
-        progress: bool = True,
+        show_progress: bool = True,
     ) -> Iterator[tuple[int, Reconstruction | None]]:
         """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time, yielding
         (step, None) after each optimisation step, then (steps, the Reconstruction); stopping the iteration
@@ -148,7 +148,7 @@ class Reconstructor:
         latent = self.model.latents.mean().detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([latent], lr=learning_rate)
         losses = []
-        for step in trange(steps, desc="fitting latent", disable=not progress):
+        for step in trange(steps, desc="fitting latent", disable=not show_progress):
             pick = pixels[torch.randint(len(pixels), (min(rays_per_step, len(pixels)),), generator=generator)]
             bundle = rays[pick]
             bundle.metadata = {"latent": latent.expand(len(pick), -1)}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.losses import orientation_loss
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
@@ -181,13 +182,13 @@ class RealFusionModel(Model):
         albedo = torch.sigmoid(albedo_logits)
         accumulation = self.renderer_accumulation(weights)
         out = {"accumulation": accumulation, "depth": self.renderer_depth(weights, samples)}
+        directions = samples.frustums.directions[..., 0, :]
         surface_shade = None  # deferred shading: one shade per ray, applied to the composited colour
         if normals or shading != "albedo":
             if self.config.normals == "samples":
                 sample_normals = self.field.normals(samples.frustums.get_positions())
                 out["normals"] = (weights * sample_normals).sum(dim=-2)
-                facing = (sample_normals * samples.frustums.directions).sum(-1, keepdim=True)
-                out["orientation"] = (weights.detach() * F.relu(facing) ** 2).sum(dim=-2)
+                out["orientation"] = orientation_loss(weights.detach(), sample_normals, directions)[..., None]
                 if shading != "albedo":
                     shade = self._shade(sample_normals, light)
                     albedo = shade if shading == "textureless" else albedo * shade
@@ -199,8 +200,9 @@ class RealFusionModel(Model):
                     surface = (weights * positions).sum(dim=-2) / accumulation.clamp(min=1e-6)
                 surface_normals = self.field.normals(surface)
                 out["normals"] = accumulation * surface_normals
-                facing = (surface_normals * samples.frustums.directions[..., 0, :]).sum(-1, keepdim=True)
-                out["orientation"] = accumulation.detach() * F.relu(facing) ** 2
+                out["orientation"] = orientation_loss(
+                    accumulation.detach()[..., None, :], surface_normals[..., None, :], directions
+                )[..., None]
                 if shading != "albedo":
                     surface_shade = self._shade(surface_normals, light)
         rgb = (weights * albedo).sum(dim=-2)
@@ -239,7 +241,13 @@ class RealFusionModel(Model):
         if self._diffusion_model is not None:
             return self._diffusion_model
         cfg = self.config
-        return shared_prior(cfg.sd_model, self.device, cfg.half_precision, cfg.attention_slicing, cfg.vae_tiling)
+        return shared_prior(
+            cfg.sd_model,
+            self.device,
+            half_precision=cfg.half_precision,
+            attention_slicing=cfg.attention_slicing,
+            vae_tiling=cfg.vae_tiling,
+        )
 
     def reference_on_white(self) -> np.ndarray:
         """The photo's object on white at Stable Diffusion's resolution (what textual inversion learns from)."""

@@ -78,7 +78,7 @@ def evaluate_realfusion(
     quality: str | Quality = "quick",
     variants: tuple[str, ...] = VARIANTS,
     device: str | None = None,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict:
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
@@ -105,7 +105,7 @@ def evaluate_realfusion(
             steps = train_realfusion(
                 photo, out / name / variant, quality, prior, seed=seed, device=device, model_options=model_options
             )
-            with tqdm(desc=f"{index + 1}/{objects} {name} {variant}", disable=not progress) as bar:
+            with tqdm(desc=f"{index + 1}/{objects} {name} {variant}", disable=not show_progress) as bar:
                 for step in steps:
                     bar.total, bar.n = step.total, step.step
                     bar.set_postfix_str(step.stage, refresh=True)

@@ -14,20 +14,20 @@ from onelook.data.image_dataparser import ObjectImageDataParserConfig, reference
 from onelook.export.mesh import SURFACE_DENSITY, extract_mesh
 from onelook.models.realfusion import RealFusionModel
 from onelook.rendering import render_view
-from onelook.runs import find_run, load_model, load_run_config
+from onelook.runs import load_run
 
 
 @dataclass
 class RealFusionResult:
     model: RealFusionModel
-    camera_to_world: np.ndarray  # (4, 4) the photo's (reference) camera, world frame, OpenGL convention
+    camera_to_world: np.ndarray  # (4, 4) the photo's (reference) camera, model frame, OpenGL convention
     focal_length: float
     image_size: tuple[int, int]
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> RealFusionResult:
-        model = load_model(Path(run_dir), RealFusionModel, device)
-        return cls.from_model(model, load_run_config(find_run(Path(run_dir))[0]).pipeline.datamanager.dataparser)
+        run = load_run(Path(run_dir), RealFusionModel, device)
+        return cls.from_model(run.model, run.config.pipeline.datamanager.dataparser)
 
     @classmethod
     def from_model(cls, model: RealFusionModel, parser: ObjectImageDataParserConfig) -> RealFusionResult:
@@ -38,7 +38,7 @@ class RealFusionResult:
         return cls(model.eval(), c2w, focal, (parser.image_size, parser.image_size))
 
     def render(self, camera_to_world: np.ndarray, focal_length: float, size) -> dict[str, np.ndarray]:
-        """Albedo on white, depth along the optical axis, opacity; any camera (world frame)."""
+        """Albedo on white, depth along the optical axis, opacity; any camera (model frame)."""
         return render_view(self.model, camera_to_world, focal_length, size)
 
     def turntable_cameras(self, frames: int = 24) -> list[tuple[np.ndarray, float]]:

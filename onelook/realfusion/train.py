@@ -15,6 +15,7 @@ from nerfstudio.engine.optimizers import Optimizers
 
 from onelook.data.image_dataparser import write_prepared_object
 from onelook.data.object_image import ObjectImage
+from onelook.device import resolve_device
 from onelook.guidance.prior import DiffusionPrior
 from onelook.guidance.textual_inversion import invert_steps
 from onelook.realfusion.result import RealFusionResult
@@ -78,7 +79,7 @@ def train_realfusion(
     """
     from onelook.configs import realfusion_method
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     torch.manual_seed(seed)
     config = copy.deepcopy(realfusion_method.config)
     config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -143,7 +144,7 @@ def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[Tr
             quality.inversion_steps,
             gradient_accumulation=quality.inversion_accumulation,
             seed=seed,
-            progress=False,
+            show_progress=False,
         ):
             if learned is None:
                 yield TrainingUpdate("learning the object's word (textual inversion)", step, quality.inversion_steps)
