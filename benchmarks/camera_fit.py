@@ -9,8 +9,9 @@ Varying shapes (`onelook.data.keypoint_categories`): 300 identities per case, on
 differ from identity to identity by 0 to 10% of the object's size, on four keypoint layouts, true focal
 lengths from 0.8x to 3x the image side, exact landmarks and 1% noise. `fit_cameras` estimates the focal
 length; the oracle runs SQPnP with the category's mean keypoints and the true focal length. Reported: median
-and 90th-percentile rotation errors and their ratios to the oracle's (targets: 1.2 and 1.5), and the same fit
-given the true focal length, which tells an error of the focal estimate from one of the poses and shape.
+and 90th-percentile rotation errors and their ratios to the oracle's (targets: 1.2 and 1.5), the same ratios
+for the rigid least-squares fit alone (`shape_variation=False`, the reference), and the fit given the true
+focal length, which tells an error of the focal estimate from one of the poses and shape.
 
 `onelook synth`'s categories (heads, animals, cars): the same measures on 300 identities of each, with their
 own keypoint layouts, focal lengths and view ranges, and the keypoints' variation between identities.
@@ -57,9 +58,9 @@ def oracle(uv: np.ndarray) -> np.ndarray:
 
 def varying_shapes(num: int = 300, seed: int = 3) -> None:
     print(f"\nvarying shapes: {num} identities per case, focal length estimated; rotation error median / 90th pct")
-    header = ("layout", "var", "focal", "noise", "oracle", "fit", "ratio", "focal est", "f given", "ratio")
-    print("{:10s} {:>5s} {:>5s} {:>5s} {:>12s} {:>12s} {:>11s} {:>9s} {:>12s} {:>11s}".format(*header))
-    ratios = []
+    header = ("layout", "var", "focal", "noise", "oracle", "fit", "ratio", "focal est", "rigid", "f given", "ratio")
+    print("{:10s} {:>5s} {:>5s} {:>5s} {:>12s} {:>12s} {:>11s} {:>9s} {:>11s} {:>12s} {:>11s}".format(*header))
+    ratios, rigid_ratios = [], []
     for name, layout in LAYOUTS.items():
         for variation in (0.0, 0.025, 0.05, 0.1):
             for focal_factor in (0.8, 1.33, 3.0):
@@ -75,6 +76,15 @@ def varying_shapes(num: int = 300, seed: int = 3) -> None:
                     # Near-exact cases (oracle under 1 degree) are compared in degrees, not as ratios.
                     ratio = (max(med, 1.0) / max(o_med, 1.0), max(p90, 1.0) / max(o_p90, 1.0))
                     ratios.append((name, variation, ratio))
+                    rigid = fit_cameras(views.landmarks, views.image_size, shape_variation=False)
+                    errors = rotation_errors_deg(
+                        rigid.camera_to_world, views.camera_to_world, rigid.canonical_points, views.mean_keypoints
+                    )
+                    rigid_ratio = (
+                        max(np.median(errors), 1.0) / max(o_med, 1.0),
+                        max(np.percentile(errors, 90), 1.0) / max(o_p90, 1.0),
+                    )
+                    rigid_ratios.append((name, variation, rigid_ratio))
                     given = fit_cameras(views.landmarks, views.image_size, focal_length=views.focal_length)
                     errors = rotation_errors_deg(
                         given.camera_to_world, views.camera_to_world, given.canonical_points, views.mean_keypoints
@@ -83,38 +93,47 @@ def varying_shapes(num: int = 300, seed: int = 3) -> None:
                     print(
                         f"{name:10s} {variation:5.3f} {focal_factor:5.2f} {noise:5.2f} {o_med:5.1f} {o_p90:5.1f}° "
                         f"{med:5.1f} {p90:5.1f}° {ratio[0]:5.2f} {ratio[1]:5.2f} "
-                        f"{fit.focal_length[0] / views.focal_length:8.2f}x {g_med:5.1f} {g_p90:5.1f}° "
+                        f"{fit.focal_length[0] / views.focal_length:8.2f}x {rigid_ratio[0]:5.2f} {rigid_ratio[1]:5.2f} "
+                        f"{g_med:5.1f} {g_p90:5.1f}° "
                         f"{max(g_med, 1.0) / max(o_med, 1.0):5.2f} {max(g_p90, 1.0) / max(o_p90, 1.0):5.2f}",
                         flush=True,
                     )
     for variation in (0.0, 0.025, 0.05, 0.1):
         worst = np.max([r for _, v, r in ratios if v == variation], axis=0)
-        print(f"variation {variation:5.3f}: worst ratio to the oracle, median {worst[0]:.2f}, 90th pct {worst[1]:.2f}")
+        mean = np.mean([r for _, v, r in ratios if v == variation], axis=0)
+        rigid_worst = np.max([r for _, v, r in rigid_ratios if v == variation], axis=0)
+        rigid_mean = np.mean([r for _, v, r in rigid_ratios if v == variation], axis=0)
+        print(
+            f"variation {variation:5.3f}: ratio to the oracle (median, 90th pct): worst {worst[0]:.2f} {worst[1]:.2f}, "
+            f"mean {mean[0]:.2f} {mean[1]:.2f}; rigid least squares alone: worst {rigid_worst[0]:.2f} "
+            f"{rigid_worst[1]:.2f}, mean {rigid_mean[0]:.2f} {rigid_mean[1]:.2f}"
+        )
 
 
 def rendered_categories(num: int = 300, seed: int = 3) -> None:
     """`onelook synth`'s categories (exact landmarks, each at its own focal length and view range)."""
     print(f"\nonelook synth categories: {num} identities, exact landmarks; rotation error median / 90th pct")
-    header = ("category", "variation", "oracle", "fit", "ratio", "focal est", "f given")
-    print("{:9s} {:>9s} {:>12s} {:>12s} {:>11s} {:>9s} {:>12s}".format(*header))
+    header = ("category", "variation", "oracle", "fit", "ratio", "focal est", "rigid", "f given")
+    print("{:9s} {:>9s} {:>12s} {:>12s} {:>11s} {:>9s} {:>11s} {:>12s}".format(*header))
     for category in CATEGORIES:
         views = keypoint_views(category, num, seed=seed)
         mean = views.mean_keypoints
         variation = np.sqrt(np.square(views.keypoints - mean).sum(axis=2).mean()) / np.ptp(mean, axis=0).max()
         reference = views.oracle_rotation_errors()
         fit = fit_cameras(views.landmarks, views.image_size)
+        rigid = fit_cameras(views.landmarks, views.image_size, shape_variation=False)
         given = fit_cameras(views.landmarks, views.image_size, focal_length=views.focal_length)
-        errors, given_errors = (
+        errors, rigid_errors, given_errors = (
             rotation_errors_deg(f.camera_to_world, views.camera_to_world, f.canonical_points, mean)
-            for f in (fit, given)
+            for f in (fit, rigid, given)
         )
-        (o_med, o_p90), (med, p90), (g_med, g_p90) = [
-            (np.median(e), np.percentile(e, 90)) for e in (reference, errors, given_errors)
+        (o_med, o_p90), (med, p90), (r_med, r_p90), (g_med, g_p90) = [
+            (np.median(e), np.percentile(e, 90)) for e in (reference, errors, rigid_errors, given_errors)
         ]
         print(
             f"{category:9s} {variation:9.3f} {o_med:5.1f} {o_p90:5.1f}° {med:5.1f} {p90:5.1f}° "
             f"{med / o_med:5.2f} {p90 / o_p90:5.2f} {fit.focal_length[0] / views.focal_length:8.2f}x "
-            f"{g_med:5.1f} {g_p90:5.1f}°",
+            f"{r_med / o_med:5.2f} {r_p90 / o_p90:5.2f} {g_med:5.1f} {g_p90:5.1f}°",
             flush=True,
         )
 
@@ -148,9 +167,15 @@ def rigid(args: argparse.Namespace) -> None:
     oracle_err = rotation_errors_deg(oracle_c2w, c2w, SHAPE, SHAPE)[~bad]
 
     rows = []
-    for label, focal in (("onelook fit_cameras, focal given", FOCAL), ("onelook fit_cameras, focal estimated", None)):
+    runs = (
+        ("rigid least squares, focal given", FOCAL, False),
+        ("rigid least squares, focal estimated", None, False),
+        ("onelook fit_cameras, focal given", FOCAL, True),
+        ("onelook fit_cameras, focal estimated", None, True),
+    )
+    for label, focal, shape_variation in runs:
         start = time.perf_counter()
-        fit = fit_cameras(uv, (SIZE, SIZE), focal_length=focal)
+        fit = fit_cameras(uv, (SIZE, SIZE), focal_length=focal, shape_variation=shape_variation)
         seconds = time.perf_counter() - start
         err = rotation_errors_deg(fit.camera_to_world[~bad], c2w[~bad], fit.canonical_points, SHAPE)
         recall = (~fit.inlier[bad]).mean()

@@ -5,7 +5,9 @@ a scaled-orthographic factorisation (Tomasi-Kanade with a metric upgrade), tries
 factorisation cannot tell apart, and refines everything with Levenberg-Marquardt on the full perspective model.
 The normal equations are solved with a Schur complement over the (6 parameters per image) x (3K shared
 parameters) block structure, so one iteration is a handful of batched 6x6 solves: 10,000 images take well
-under a second per iteration on two CPU cores.
+under a second per iteration on two CPU cores. Last, the poses, keypoints and focal length are refined with
+each identity's own deformation integrated out (`onelook.cameras.shape_variation`): one rigid shape is the
+right model only when every object's keypoints are the same.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 
-from onelook.cameras.geometry import CV_TO_GL
+from onelook.cameras.geometry import CV_TO_GL, project
+from onelook.cameras.pose import estimate_pose
+from onelook.cameras.shape_variation import fit_with_variation
 
 # Canonical keypoints are scaled so that their RMS distance from their centroid is this, in world units. With
 # the five face keypoints this puts a whole head inside the [-1, 1]^3 scene box.
@@ -81,6 +85,7 @@ def fit_cameras(
     *,
     iterations: int = 60,
     outlier_threshold_px: float | None = None,
+    shape_variation: bool = True,
 ) -> CameraFit:
     """Fit shared canonical keypoints and a camera per image to 2D landmarks.
 
@@ -95,6 +100,8 @@ def fit_cameras(
         iterations: Levenberg-Marquardt iterations of the final refinement.
         outlier_threshold_px: images with a larger mean residual are flagged; default `OUTLIER_FACTOR` times
             the median image's residual (at least 1 px).
+        shape_variation: end with the fit that integrates out each identity's own deformation
+            (`onelook.cameras.shape_variation`); False: rigid least squares only.
     """
     obs, w_user, scale = _validate(landmarks, image_size, weights)
     n_images, _, _ = obs.shape
@@ -144,7 +151,47 @@ def fit_cameras(
         residual = problem.image_residuals(state) * scale
         inlier = residual <= threshold
     focal_log_std = problem.focal_log_std(state) if focal_length is None else 0.0
-    return _to_world(state, inlier, residual, scale, threshold, focal_log_std)
+    fit = _to_world(state, inlier, residual, scale, threshold, focal_log_std)
+    if not shape_variation:
+        return fit
+    return _with_shape_variation(
+        fit, np.asarray(landmarks, dtype=np.float64), image_size, weights, focal_length is None
+    )
+
+
+def _with_shape_variation(
+    fit: CameraFit, landmarks: np.ndarray, image_size: tuple[int, int], weights, estimate_focal: bool
+) -> CameraFit:
+    """The rigid fit refined with each identity's deformation integrated out, on the inliers; the images flagged
+    as outliers are then placed on the refined keypoints by SQPnP."""
+    inlier = fit.inlier if fit.inlier.sum() >= 3 else np.ones_like(fit.inlier)
+    refined = fit_with_variation(
+        landmarks[inlier],
+        image_size,
+        fit.focal_length[inlier],
+        fit.camera_to_world[inlier],
+        fit.canonical_points,
+        None if weights is None else np.asarray(weights, dtype=np.float64)[inlier],
+        estimate_focal=estimate_focal,
+    )
+    focal = np.full(len(inlier), refined.focal_length[0]) if estimate_focal else fit.focal_length
+    camera_to_world = fit.camera_to_world.copy()
+    camera_to_world[inlier] = refined.camera_to_world
+    for i in np.flatnonzero(~inlier):
+        camera_to_world[i] = estimate_pose(refined.canonical_points, landmarks[i], focal[i], image_size)[0]
+    projected, _ = project(refined.canonical_points, camera_to_world, focal, image_size)
+    valid = np.isfinite(landmarks).all(axis=2)
+    w = valid * (1.0 if weights is None else np.asarray(weights, dtype=np.float64))
+    error = np.linalg.norm(np.nan_to_num(projected - landmarks), axis=2)
+    return CameraFit(
+        canonical_points=refined.canonical_points,
+        camera_to_world=camera_to_world,
+        focal_length=focal,
+        residual_px=(error * w).sum(axis=1) / w.sum(axis=1),
+        inlier=fit.inlier,
+        outlier_threshold_px=fit.outlier_threshold_px,
+        focal_log_std=fit.focal_log_std,
+    )
 
 
 def _validate(

@@ -50,7 +50,7 @@ class PriorTrainingConfig:
     unet_lr: float = 4e-4
     """AdamW learning rate of the UNet and the text encoder."""
     kl_weight: float = 1e-6
-    """Weight of the VAE's KL term (small, as Stable Diffusion's: the latents stay close to the images)."""
+    """Weight of the VAE's KL term against its reconstruction loss, both per image (Stable Diffusion's)."""
     checkpoint_every: int = 500
     """Steps between checkpoints; an interrupted run resumes from the last one."""
     seed: int = 0
@@ -187,7 +187,10 @@ def train_prior(
     for step in tqdm(range(start, config.vae_steps), desc="VAE", disable=not show_progress):
         batch = pixels[torch.randint(len(pixels), (config.batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
-        loss = F.mse_loss(vae.decode(posterior.sample()).sample, batch) + config.kl_weight * posterior.kl().mean()
+        # Per pixel value, as Stable Diffusion's VAE loss is per image (both summed): a KL term per image against
+        # a mean squared error would weigh it thousands of times more, and the posterior would widen.
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = F.mse_loss(vae.decode(posterior.sample()).sample, batch) + config.kl_weight * kl
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
