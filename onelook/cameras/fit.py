@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 
-from onelook.cameras.geometry import CV_TO_GL, project
+from onelook.cameras.geometry import CV_TO_GL, project, skew
 from onelook.cameras.pose import estimate_pose
 from onelook.cameras.shape_variation import fit_with_variation
 
@@ -445,7 +445,7 @@ class _Problem:
             dim=-2,
         )  # (N, K, 2, 3)
         rotated = state.points @ state.rot.transpose(1, 2)
-        d_rot = -d_proj @ _skew(rotated)  # left-multiplied rotation update
+        d_rot = -d_proj @ skew(rotated)  # left-multiplied rotation update
         j_cam = torch.cat([d_rot, d_proj], dim=-1)  # (N, K, 2, 6)
         j_pts = d_proj @ state.rot[:, None]  # (N, K, 2, 3): derivative wrt the image's own keypoint
         n_global = 3 * n_points + int(estimate_focal)
@@ -507,18 +507,6 @@ class _Problem:
         trans = trans + rot @ centroid
         radius = points.square().sum(dim=1).mean().sqrt()
         return _State(rot, trans / radius, points / radius, log_focal)
-
-
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros_like(v[..., 0])
-    return torch.stack(
-        [
-            torch.stack([zero, -v[..., 2], v[..., 1]], dim=-1),
-            torch.stack([v[..., 2], zero, -v[..., 0]], dim=-1),
-            torch.stack([-v[..., 1], v[..., 0], zero], dim=-1),
-        ],
-        dim=-2,
-    )
 
 
 def _to_world(

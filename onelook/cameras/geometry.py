@@ -6,6 +6,7 @@ Pixel coordinates are x right, y down, origin at the top-left pixel corner, prin
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial.transform import Rotation
 
 # OpenCV camera axes (x right, y down, z forward) to OpenGL ones (x right, y up, z backward): its own inverse.
@@ -100,3 +101,16 @@ def rotation_errors_deg(
     rel = np.einsum("nji,njk->nik", est, true_c2w[:, :3, :3])
     cos = (np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) vectors -> (..., 3, 3) matrices with skew(a) @ b = a x b (batched, differentiable)."""
+    zero = torch.zeros_like(v[..., 0])
+    return torch.stack(
+        [
+            torch.stack([zero, -v[..., 2], v[..., 1]], dim=-1),
+            torch.stack([v[..., 2], zero, -v[..., 0]], dim=-1),
+            torch.stack([-v[..., 1], v[..., 0], zero], dim=-1),
+        ],
+        dim=-2,
+    )

@@ -24,6 +24,8 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from onelook.cameras.geometry import skew
+
 # Starting widths: each identity's stretch (a fraction of its width and height) and a keypoint's own offset
 # (a fraction of the canonical keypoints' RMS radius).
 INITIAL_STRETCH_STD = 0.15
@@ -48,23 +50,11 @@ class VariationFit:
     negative_log_likelihood: float  # of all the images' landmarks, up to a constant
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros_like(v[..., 0])
-    return torch.stack(
-        [
-            torch.stack([zero, -v[..., 2], v[..., 1]], dim=-1),
-            torch.stack([v[..., 2], zero, -v[..., 0]], dim=-1),
-            torch.stack([-v[..., 1], v[..., 0], zero], dim=-1),
-        ],
-        dim=-2,
-    )
-
-
 def _rotation(axis_angle: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula, batched, differentiable at zero."""
     theta2 = axis_angle.square().sum(dim=-1, keepdim=True)[..., None]
     theta = (theta2 + 1e-30).sqrt()
-    k = _skew(axis_angle)
+    k = skew(axis_angle)
     small = theta2 < 1e-12
     a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
     b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2.clamp(min=1e-30))
