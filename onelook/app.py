@@ -10,7 +10,7 @@ out-of-memory kill there gives its visitor an error and leaves the server servin
 the LOLNeRF model and the diffusion prior loaded between requests. Previews and angle renders are light and
 run in the server process. This module holds the page and its wiring only.
 
-    python app.py [--port N] [--host H] [--prior objects|tiny] [--lolnerf-run DIR] [--sd-model ID_OR_FOLDER]
+    python app.py [--port N] [--host H] [--prior tiny] [--lolnerf-run DIR] [--sd-model ID_OR_FOLDER]
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from onelook.app_jobs import (
     load_reconstructor,
     load_upload,
 )
-from onelook.assets.objects import OBJECT_EXAMPLES, OBJECT_PRIOR
 from onelook.cameras.geometry import turn_about_origin
 from onelook.data.images import ImageError
 from onelook.data.object_image import prepare_object_image
@@ -50,13 +49,12 @@ MAX_UPLOAD = "25mb"
 QUALITY_NAMES = ["preview", "quick", "standard", "high"]  # preview: seconds, to see the flow; not the result
 SESSION_TTL_S = 3600  # output folders whose job ended longer ago than this are deleted
 PREVIEW_SIZE = 256
-TINY_PRIOR_FOLDER = Path(tempfile.gettempdir()) / "onelook-tiny-prior"
 
 
 @dataclass
 class AppConfig:
     sd_model: str | None = None  # hub id or folder; None: the "Any object" tab explains what to set
-    prior: str | None = None  # which built-in prior sd_model is: "objects" (packaged) or "tiny"; None: the user's
+    tiny_prior: bool = False  # sd_model is the tiny test prior (`--prior tiny`)
     lolnerf_run: Path | None = None  # a trained LOLNeRF run; None: the packaged demo model
     output_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "onelook-app")
     device: str | None = None
@@ -226,7 +224,6 @@ def build_demo(config: AppConfig) -> gr.Blocks:
     faces = FaceTab(config)
     jobs = Jobs(config)
     examples = sorted(EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
-    object_examples = sorted(OBJECT_EXAMPLES.glob("*.png")) if OBJECT_EXAMPLES.is_dir() else []
     skip_results = [gr.skip()] * 5  # status updates leave the result components as they are
 
     # Reconstructions: async generators, so that Stop cancels them at once (the worker is killed, not waited on).
@@ -258,21 +255,11 @@ def build_demo(config: AppConfig) -> gr.Blocks:
                     "**No diffusion model is set.** Start the app with `--sd-model stable-diffusion-v1-5/"
                     "stable-diffusion-v1-5` (or a local folder holding it); a GPU is needed for useful speed."
                 )
-            elif config.prior == "tiny":
+            elif config.tiny_prior:
                 gr.Markdown("Running with a **tiny test prior**: the flow works end to end, the 3D is not meaningful.")
-            elif config.prior == "objects":
-                gr.Markdown(
-                    "Using the packaged **offline prior**, a small Stable Diffusion trained on this machine on "
-                    "onelook's synthetic objects (mugs, houses, creatures and chairs, `onelook synth --category "
-                    "objects`), not on photos: it knows those four kinds, from every side. Try the examples. Start "
-                    "the app with `--sd-model stable-diffusion-v1-5/stable-diffusion-v1-5` for photos of anything "
-                    "(a GPU is needed for useful speed)."
-                )
             with gr.Row():
                 with gr.Column():
                     obj_image = gr.File(label="Photo of an object", file_types=["image"], type="filepath")
-                    if config.prior == "objects" and object_examples:
-                        gr.Examples([[str(p)] for p in object_examples], [obj_image], label="Examples")
                     obj_fraction = gr.Slider(0.5, 0.9, 0.75, step=0.05, label="Foreground ratio")
                     obj_quality = gr.Radio(QUALITY_NAMES, value="quick", label="Quality")
                     obj_seed = gr.Number(0, precision=0, label="Seed")
@@ -357,12 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="onelook demo app")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument(
-        "--prior",
-        choices=["objects", "tiny"],
-        help="'Any object' with a built-in offline prior: objects (the packaged one trained on onelook's synthetic "
-        "objects; the default when --sd-model is not given) or tiny (random weights, for tests)",
-    )
+    parser.add_argument("--prior", choices=["tiny"], help="run 'Any object' with a tiny test prior (offline)")
     parser.add_argument("--sd-model", default=os.environ.get("ONELOOK_SD_MODEL"), help="hub id or local folder")
     parser.add_argument("--lolnerf-run", type=Path, default=os.environ.get("ONELOOK_LOLNERF_RUN"))
     parser.add_argument("--device", default=os.environ.get("ONELOOK_DEVICE"), help="cpu, cuda, ...")
@@ -372,11 +354,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = AppConfig(sd_model=args.sd_model, lolnerf_run=args.lolnerf_run, device=args.device)
-    prior = args.prior or (None if args.sd_model else "objects")
-    if prior == "tiny":
-        config.sd_model, config.prior = str(build_tiny_stable_diffusion(TINY_PRIOR_FOLDER)), prior
-    elif prior == "objects" and (OBJECT_PRIOR / "model_index.json").is_file():
-        config.sd_model, config.prior = str(OBJECT_PRIOR), prior
+    if args.prior == "tiny":
+        config.sd_model = str(build_tiny_stable_diffusion(config.output_root.parent / "onelook-tiny-prior"))
+        config.tiny_prior = True
     demo = build_demo(config)
     demo.launch(
         server_name=args.host,
