@@ -79,7 +79,6 @@ class ExampleKeypoints:
 
 def face_keypoints(path: str | Path, rgb: np.ndarray, examples: ExampleKeypoints):
     """(keypoints (5, 2), mask or None): an example's known keypoints, else MediaPipe's five face landmarks."""
-
     known = examples.find(path)
     if known is not None:
         return known, None
@@ -95,7 +94,6 @@ def face_keypoints(path: str | Path, rgb: np.ndarray, examples: ExampleKeypoints
 
 def load_reconstructor(run: Path, device: str | None):
     """(Reconstructor, None), or (None, the reason in words) when `run` holds no usable LOLNeRF model."""
-
     try:
         return Reconstructor.from_run(run, device=device), None
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, UnsafeRunConfigError) as exc:
@@ -114,7 +112,6 @@ class AppJobs:
         self, path: str, object_fraction: float, quality: str, seed: int, out: Path
     ) -> Iterator[JobUpdate | JobResult]:
         """RealFusion on one photo: (status text), then the exported files' paths by name."""
-
         if self.sd_model is None:
             raise JobError("No diffusion model is set: start the app with --sd-model ID_OR_FOLDER (or --prior tiny).")
         preset = QUALITY[quality]
@@ -155,7 +152,6 @@ class AppJobs:
 
     def reconstruct_face(self, path: str, quality: str, seed: int, out: Path) -> Iterator[JobUpdate | JobResult]:
         """LOLNeRF on one photo: the exported files' paths, and the state the angle sliders render from."""
-
         preset = LOLNERF_QUALITY[quality]
         result = yield from self._fit(path, preset.steps, seed, "fitting the photo's latent code")
         yield JobUpdate("rendering and meshing", preset.steps, preset.steps)
@@ -171,7 +167,6 @@ class AppJobs:
 
     def interpolate_faces(self, path_a: str, path_b: str, quality: str, out: Path) -> Iterator[JobUpdate | JobResult]:
         """A video morphing from one photo's fitted object to the other's."""
-
         steps = LOLNERF_QUALITY[quality].steps
         fitted = []
         for i, path in enumerate((path_a, path_b)):
