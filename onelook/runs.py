@@ -227,11 +227,6 @@ def load_run(
     return TrainedRun(config, model.to(device).eval())
 
 
-def load_model(run_dir: Path, expected: type, device: str | torch.device | None = None):
-    """The trained model of a run (see `load_run`)."""
-    return load_run(run_dir, expected, device).model
-
-
 def load_result(run_dir: Path, device: str | torch.device | None = None):
     """A trained run of either method as one exportable result (`onelook.export.Exportable`, model frame):
     a RealFusion run's object, or a LOLNeRF run's category's mean object (its mean latent)."""

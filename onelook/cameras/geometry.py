@@ -42,6 +42,17 @@ def orbit_positions(yaw_deg: np.ndarray, pitch_deg: np.ndarray, distance: np.nda
     )
 
 
+def orbit_camera(
+    azimuth: float, elevation: float, distance: float, fov_deg: float, size: int
+) -> tuple[np.ndarray, float]:
+    """Camera-to-world (4, 4) looking at the origin from `orbit_positions`, and the focal length (pixels) that
+    gives a `size`-pixel image the field of view `fov_deg`. Straight above or below, "up" for the camera is the
+    object's front-back axis (+Y)."""
+    up = np.array([0.0, 1.0, 0.0]) if abs(elevation) > 89.9 else None
+    focal = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
+    return look_at(orbit_positions(azimuth, elevation, distance)[None], up=up)[0], float(focal)
+
+
 def viewing_angles(camera_to_world: np.ndarray) -> tuple[float, float]:
     """(yaw, pitch) in degrees of the direction a camera looks from, in `orbit_positions`' terms: (0, 0) is the
     front view from -Y; the inverse of `look_at(orbit_positions(yaw, pitch, d))` for a camera aimed at the origin."""

@@ -20,7 +20,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from PIL import Image
 
-from onelook.cameras.geometry import look_at, orbit_positions
+from onelook.cameras.geometry import orbit_camera
 
 if TYPE_CHECKING:
     from onelook.data.object_image import ObjectImage
@@ -30,8 +30,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 def reference_camera(distance: float, elevation: float, fov: float, size: int) -> tuple[np.ndarray, float]:
     """Camera-to-world (4, 4) and focal length (pixels) of the input photo's camera."""
-    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
-    return look_at(orbit_positions(0.0, elevation, distance)[None])[0], float(focal)
+    return orbit_camera(0.0, elevation, distance, fov, size)
 
 
 PREPARED_IMAGE, PREPARED_MASK, INVERSION_IMAGE = "image.png", "mask.png", "inversion.png"

@@ -21,7 +21,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from onelook.cameras.geometry import look_at, orbit_positions
+from onelook.cameras import geometry
 from onelook.data.image_dataparser import INVERSION_IMAGE_SIZE, ObjectImageDataParserConfig
 from onelook.data.mesh_parts import box, combine, ellipsoid, random_colour, rotation_from_z
 from onelook.data.object_image import ObjectImage
@@ -144,9 +144,7 @@ def orbit_camera(
 ) -> tuple[np.ndarray, float]:
     """Camera-to-world (4, 4) and focal length (pixels) of a view looking at the centre, by default at the
     reference camera's distance and field of view; azimuth 0 at the reference elevation is that camera."""
-    up = np.array([0.0, 1.0, 0.0]) if abs(elevation) > 89.9 else None  # straight above: up is the front-back axis
-    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
-    return look_at(orbit_positions(azimuth, elevation, distance)[None], up=up)[0], float(focal)
+    return geometry.orbit_camera(azimuth, elevation, distance, fov, size)
 
 
 def random_view(rng: np.random.Generator) -> tuple[float, float, float, float]:

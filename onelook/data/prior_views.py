@@ -15,7 +15,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import TDataset, VanillaDataManager, VanillaDataManagerConfig
 
-from onelook.cameras.geometry import look_at, orbit_positions
+from onelook.cameras.geometry import orbit_camera
 
 VIEW_LABELS = ("front", "side", "back", "overhead", "bottom")
 
@@ -54,11 +54,7 @@ def sample_prior_camera(
     max_polar: float = 120.0,
 ) -> tuple[Cameras, str]:
     polar, azimuth, distance, fov = sample_prior_view(rng, distance_range, fov_range, hemisphere_probability, max_polar)
-    position = orbit_positions(azimuth, 90.0 - polar, distance)
-    # Straight above or below, "up" for the camera is the object's front-back axis.
-    up = np.array([0.0, 1.0, 0.0]) if np.sin(np.radians(polar)) < 1e-3 else None
-    c2w = look_at(position[None], up=up)[0]
-    focal = 0.5 * size / np.tan(np.radians(fov) / 2)
+    c2w, focal = orbit_camera(azimuth, 90.0 - polar, distance, fov, size)
     camera = Cameras(
         camera_to_worlds=torch.as_tensor(c2w[:3], dtype=torch.float32)[None],
         fx=float(focal),

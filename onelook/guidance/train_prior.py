@@ -174,8 +174,8 @@ def train_prior(
     )
     pixels = 2.0 * images - 1.0
 
-    # Stage 1: the VAE, its posterior narrow from the start (with diffusers' default it stays wide, and a
-    # posterior sample is then mostly noise to a UNet trained on the means).
+    # Stage 1: the VAE, its posterior narrow from the start (diffusers starts it at a standard deviation of 1),
+    # so that the decoder learns from near-mean latents at once: RealFusion encodes with a posterior sample.
     with torch.no_grad():
         latent_channels = vae.quant_conv.out_channels // 2
         vae.quant_conv.weight[latent_channels:].zero_()

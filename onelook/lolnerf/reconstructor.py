@@ -26,7 +26,7 @@ from onelook.export.mesh import SURFACE_DENSITY, extract_mesh
 from onelook.model_components.losses import mask_loss
 from onelook.models.lolnerf import LOLNeRFModel
 from onelook.rendering import pinhole_cameras, render_view
-from onelook.runs import load_model
+from onelook.runs import load_run
 
 
 class Reconstructor:
@@ -42,7 +42,7 @@ class Reconstructor:
     def from_run(cls, run_dir: str | Path, device: str | torch.device | None = None) -> Reconstructor:
         """Loads `ns-train lolnerf*` output (the folder with config.yml, or one above it); the dataset is not
         needed. Files are read without executing anything they contain (see `onelook.runs`)."""
-        return cls(load_model(Path(run_dir), LOLNeRFModel, device))
+        return cls(load_run(Path(run_dir), LOLNeRFModel, device).model)
 
     @property
     def latent_dim(self) -> int:

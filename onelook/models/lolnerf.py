@@ -133,7 +133,7 @@ class LOLNeRFModel(Model):
 
     @staticmethod
     def metadata_from_state(state: dict) -> dict:
-        """The constructor's metadata, recovered from a checkpoint (see `onelook.runs.load_model`)."""
+        """The constructor's metadata, recovered from a checkpoint (see `onelook.runs.load_run`)."""
         scale, focal, size = state["crop_settings"].tolist()
         return {
             "num_latents": state["latents.embedding.weight"].shape[0],
