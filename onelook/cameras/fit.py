@@ -21,6 +21,7 @@ from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 
 from onelook.cameras.geometry import CV_TO_GL, project, skew
 from onelook.cameras.pose import estimate_pose
+from onelook.cameras.pose_flips import resolve_flips
 from onelook.cameras.shape_variation import fit_with_variation
 
 # Canonical keypoints are scaled so that their RMS distance from their centroid is this, in world units. With
@@ -163,13 +164,17 @@ def _with_shape_variation(
     fit: CameraFit, landmarks: np.ndarray, image_size: tuple[int, int], weights, estimate_focal: bool
 ) -> CameraFit:
     """The rigid fit refined with each identity's deformation integrated out, on the inliers; the images flagged
-    as outliers are then placed on the refined keypoints by SQPnP."""
+    as outliers are then placed on the refined keypoints by SQPnP. Pose flips are resolved before (so that the
+    flipped cameras do not flatten the keypoints) and after."""
     inlier = fit.inlier if fit.inlier.sum() >= 3 else np.ones_like(fit.inlier)
+    start, _ = resolve_flips(
+        fit.canonical_points, fit.camera_to_world, fit.focal_length, landmarks, image_size, weights
+    )
     refined = fit_with_variation(
         landmarks[inlier],
         image_size,
         fit.focal_length[inlier],
-        fit.camera_to_world[inlier],
+        start[inlier],
         fit.canonical_points,
         None if weights is None else np.asarray(weights, dtype=np.float64)[inlier],
         estimate_focal=estimate_focal,
@@ -179,6 +184,7 @@ def _with_shape_variation(
     camera_to_world[inlier] = refined.camera_to_world
     for i in np.flatnonzero(~inlier):
         camera_to_world[i] = estimate_pose(refined.canonical_points, landmarks[i], focal[i], image_size)[0]
+    camera_to_world, _ = resolve_flips(refined.canonical_points, camera_to_world, focal, landmarks, image_size, weights)
     projected, _ = project(refined.canonical_points, camera_to_world, focal, image_size)
     valid = np.isfinite(landmarks).all(axis=2)
     w = valid * (1.0 if weights is None else np.asarray(weights, dtype=np.float64))
