@@ -7,7 +7,8 @@ The normal equations are solved with a Schur complement over the (6 parameters p
 parameters) block structure, so one iteration is a handful of batched 6x6 solves: 10,000 images take well
 under a second per iteration on two CPU cores. Last, the poses, keypoints and focal length are refined with
 each identity's own deformation integrated out (`onelook.cameras.shape_variation`): one rigid shape is the
-right model only when every object's keypoints are the same.
+right model only when every object's keypoints are the same; before and after that, each image's pose flip is
+resolved by where the other cameras stand (`onelook.cameras.pose_flips`).
 """
 
 from __future__ import annotations
