@@ -8,10 +8,10 @@ car layout whose keypoints vary by 10%: 15 of 250 cameras ended up behind and ab
 off; the mean-shape oracle had 14; resolved as below, 2).
 
 The cameras of a category's photos are not spread at random: they cluster around the views people take. Here
-each image's alternative pose (the other of the two poses of its keypoints flattened onto their best plane,
-then refined on the 3D keypoints) is weighed against its fitted one by the reprojection error plus a von
-Mises-Fisher prior on the viewing direction, fitted robustly to all the cameras; the alternative wins only
-where it is both plausible as a view and about as good a fit.
+each image's alternatives (the other of the two poses of its keypoints flattened onto their best plane, and
+the pose reached from the cameras' typical view, both refined on the 3D keypoints) are weighed against its
+fitted pose by the reprojection error plus a von Mises-Fisher prior on the viewing direction, fitted robustly
+to all the cameras; an alternative wins only where it is both plausible as a view and about as good a fit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from onelook.cameras.geometry import CV_TO_GL, project
+from onelook.cameras.geometry import CV_TO_GL, look_at, project
 
 # Directions further than this from the cameras' mean direction are left out of the prior's fit.
 PRIOR_INLIER_ANGLE_DEG = 60.0
@@ -38,8 +38,8 @@ def resolve_flips(
     image_size: tuple[int, int],
     weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns the camera-to-world matrices (N, 4, 4, OpenGL) with each image's pose replaced by its mirrored
-    alternative where that scores better, and a (N,) bool of the images that changed. `landmarks` (N, K, 2)
+    """Returns the camera-to-world matrices (N, 4, 4, OpenGL) with each image's pose replaced by an alternative
+    where that scores better, and a (N,) bool of the images that changed. `landmarks` (N, K, 2)
     pixels, NaN for missing; `weights` (N, K) as in `fit_cameras`."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     valid = np.isfinite(landmarks).all(axis=2)
@@ -59,22 +59,22 @@ def resolve_flips(
     variance = max(float(np.median(current / (2.0 * w.sum(axis=1)))), 1e-12)
     mean_direction, concentration = _view_prior(camera_to_world[:, :3, 3] - centroid)
 
-    alternative = np.array(
-        [
-            _mirrored_pose(canonical_points, c2w, f, lm, ok, image_size, plane)
-            for c2w, f, lm, ok in zip(camera_to_world, focal, landmarks, valid, strict=True)
-        ]
-    )
-
-    def score(c2w: np.ndarray, err2: np.ndarray) -> np.ndarray:
+    def score(c2w: np.ndarray) -> np.ndarray:
         direction = c2w[:, :3, 3] - centroid
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-        return err2 / (2.0 * variance) - concentration * direction @ mean_direction
+        return sq_errors(c2w) / (2.0 * variance) - concentration * direction @ mean_direction
 
-    better = score(alternative, sq_errors(alternative)) < score(camera_to_world, current)
-    flipped = better & (_angle_deg(alternative[:, :3, :3], camera_to_world[:, :3, :3]) > MIN_FLIP_ANGLE_DEG)
-    result = camera_to_world.copy()
-    result[flipped] = alternative[flipped]
+    result, best = camera_to_world.copy(), score(camera_to_world)
+    flipped = np.zeros(len(landmarks), dtype=bool)
+    search = _AlternativePoses(canonical_points, image_size, plane, mean_direction)
+    for alternative_pose in (search.mirrored, search.from_typical_view):
+        alternative = np.array(
+            [alternative_pose(*args) for args in zip(camera_to_world, focal, landmarks, valid, strict=True)]
+        )
+        alternative_score = score(alternative)
+        distinct = _angle_deg(alternative[:, :3, :3], camera_to_world[:, :3, :3]) > MIN_FLIP_ANGLE_DEG
+        better = distinct & (alternative_score < best)
+        result[better], best[better], flipped[better] = alternative[better], alternative_score[better], True
     return result, flipped
 
 
@@ -91,40 +91,71 @@ def _view_prior(offsets: np.ndarray) -> tuple[np.ndarray, float]:
     return resultant / length, min(concentration, MAX_CONCENTRATION)
 
 
-def _mirrored_pose(
+class _AlternativePoses:
+    """Other local minima of one image's pose (camera-to-world, OpenGL), each refined on the 3D keypoints."""
+
+    def __init__(self, points: np.ndarray, image_size: tuple[int, int], plane: np.ndarray, mean_direction: np.ndarray):
+        self.points = points
+        self.centroid = points.mean(axis=0)
+        self.image_size = image_size
+        self.plane = plane  # rows: the keypoints' best plane's axes, its normal
+        self.mean_direction = mean_direction  # the cameras' typical direction from the object
+
+    def mirrored(
+        self, camera_to_world: np.ndarray, focal: float, landmarks: np.ndarray, valid: np.ndarray
+    ) -> np.ndarray:
+        """The two poses of the keypoints flattened onto their best plane (OpenCV's IPPE): the one further
+        from the current pose."""
+        flat = np.c_[(self.points - self.centroid) @ self.plane[:2].T, np.zeros(len(self.points))]
+        intrinsics = _intrinsics(focal, self.image_size)
+        count, rvecs, tvecs, _ = cv2.solvePnPGeneric(
+            flat[valid], landmarks[valid], intrinsics, None, flags=cv2.SOLVEPNP_IPPE
+        )
+        best, best_angle = camera_to_world, -1.0
+        for rvec, tvec in zip(rvecs[:count], tvecs[:count], strict=True):
+            # From plane coordinates back to the world: x_plane = plane @ (x - centroid).
+            rot = cv2.Rodrigues(rvec)[0] @ self.plane
+            c2w = _refined(self.points, landmarks, valid, intrinsics, rot, tvec[:, 0] - rot @ self.centroid)
+            angle = float(_angle_deg(c2w[:3, :3], camera_to_world[:3, :3]))
+            if angle > best_angle:
+                best, best_angle = c2w, angle
+        return best
+
+    def from_typical_view(
+        self, camera_to_world: np.ndarray, focal: float, landmarks: np.ndarray, valid: np.ndarray
+    ) -> np.ndarray:
+        """The pose reached from the cameras' typical view (at this camera's distance, upright): where a camera
+        flipped to a view no other camera has comes back from."""
+        distance = np.linalg.norm(camera_to_world[:3, 3] - self.centroid)
+        start = look_at((self.centroid + distance * self.mean_direction)[None], self.centroid)[0]
+        rot = CV_TO_GL @ start[:3, :3].T  # world-to-camera, OpenCV axes
+        intrinsics = _intrinsics(focal, self.image_size)
+        return _refined(self.points, landmarks, valid, intrinsics, rot, -rot @ start[:3, 3])
+
+
+def _intrinsics(focal: float, image_size: tuple[int, int]) -> np.ndarray:
+    height, width = image_size
+    return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def _refined(
     points: np.ndarray,
-    camera_to_world: np.ndarray,
-    focal: float,
     landmarks: np.ndarray,
     valid: np.ndarray,
-    image_size: tuple[int, int],
-    plane: np.ndarray,
+    intrinsics: np.ndarray,
+    rot: np.ndarray,
+    trans: np.ndarray,
 ) -> np.ndarray:
-    """The pose's other local minimum: the two poses of the keypoints flattened onto their best plane (OpenCV's
-    IPPE), each refined by Levenberg-Marquardt on the 3D keypoints; the one further from the current pose."""
-    height, width = image_size
-    intrinsics = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
-    centroid = points.mean(axis=0)
-    flat = np.c_[(points - centroid) @ plane[:2].T, np.zeros(len(points))]  # plane coordinates, z = 0
-    best, best_angle = camera_to_world, -1.0
-    count, rvecs, tvecs, _ = cv2.solvePnPGeneric(
-        flat[valid], landmarks[valid], intrinsics, None, flags=cv2.SOLVEPNP_IPPE
+    """Levenberg-Marquardt (OpenCV) from the world-to-camera pose (`rot`, `trans`, OpenCV axes); returns the
+    camera-to-world matrix, OpenGL axes."""
+    rvec, tvec = cv2.solvePnPRefineLM(
+        points[valid], landmarks[valid], intrinsics, None, cv2.Rodrigues(rot)[0], trans[:, None], REFINEMENT
     )
-    for rvec, tvec in zip(rvecs[:count], tvecs[:count], strict=True):
-        # From plane coordinates back to the world: x_plane = plane @ (x - centroid).
-        rot = cv2.Rodrigues(rvec)[0] @ plane
-        trans = tvec[:, 0] - rot @ centroid
-        rvec, tvec = cv2.solvePnPRefineLM(
-            points[valid], landmarks[valid], intrinsics, None, cv2.Rodrigues(rot)[0], trans[:, None], REFINEMENT
-        )
-        rot = cv2.Rodrigues(rvec)[0]
-        c2w = np.eye(4)
-        c2w[:3, :3] = rot.T @ CV_TO_GL
-        c2w[:3, 3] = -rot.T @ tvec[:, 0]
-        angle = float(_angle_deg(c2w[:3, :3], camera_to_world[:3, :3]))
-        if angle > best_angle:
-            best, best_angle = c2w, angle
-    return best
+    rot = cv2.Rodrigues(rvec)[0]
+    c2w = np.eye(4)
+    c2w[:3, :3] = rot.T @ CV_TO_GL
+    c2w[:3, 3] = -rot.T @ tvec[:, 0]
+    return c2w
 
 
 def _angle_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
