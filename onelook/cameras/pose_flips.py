@@ -69,7 +69,10 @@ def resolve_flips(
     search = _AlternativePoses(canonical_points, image_size, plane, mean_direction)
     for alternative_pose in (search.mirrored, search.from_typical_view):
         alternative = np.array(
-            [alternative_pose(*args) for args in zip(camera_to_world, focal, landmarks, valid, strict=True)]
+            [
+                _or_unchanged(alternative_pose, *args)
+                for args in zip(camera_to_world, focal, landmarks, valid, strict=True)
+            ]
         )
         alternative_score = score(alternative)
         distinct = _angle_deg(alternative[:, :3, :3], camera_to_world[:, :3, :3]) > MIN_FLIP_ANGLE_DEG
@@ -83,6 +86,8 @@ def _view_prior(offsets: np.ndarray) -> tuple[np.ndarray, float]:
     from the object, without the cameras far from the rest (the flips it is to find)."""
     directions = offsets / np.linalg.norm(offsets, axis=1, keepdims=True)
     mean = np.median(directions, axis=0)
+    if np.linalg.norm(mean) < 1e-6:  # cameras all around the object: no typical view
+        return np.array([0.0, -1.0, 0.0]), 0.0
     mean /= np.linalg.norm(mean)
     near = directions @ mean >= np.cos(np.radians(PRIOR_INLIER_ANGLE_DEG))
     resultant = directions[near].mean(axis=0)
@@ -131,6 +136,14 @@ class _AlternativePoses:
         rot = CV_TO_GL @ start[:3, :3].T  # world-to-camera, OpenCV axes
         intrinsics = _intrinsics(focal, self.image_size)
         return _refined(self.points, landmarks, valid, intrinsics, rot, -rot @ start[:3, 3])
+
+
+def _or_unchanged(alternative_pose, camera_to_world: np.ndarray, *args) -> np.ndarray:
+    """The alternative, or the pose itself where OpenCV finds none (keypoints in a line, too few of them)."""
+    try:
+        return alternative_pose(camera_to_world, *args)
+    except cv2.error:
+        return camera_to_world
 
 
 def _intrinsics(focal: float, image_size: tuple[int, int]) -> np.ndarray:
