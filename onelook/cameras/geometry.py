@@ -108,9 +108,12 @@ def rotation_errors_deg(
     A fit is only defined up to a global similarity (the gauge); the keypoints fix it.
     """
     _, align, _ = similarity_align(estimated_points, true_points)
-    est = align @ estimated_c2w[:, :3, :3]
-    rel = np.einsum("nji,njk->nik", est, true_c2w[:, :3, :3])
-    cos = (np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0
+    return rotation_angle_deg(align @ estimated_c2w[:, :3, :3], true_c2w[:, :3, :3])
+
+
+def rotation_angle_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Angle in degrees of the rotation between rotation matrices (..., 3, 3)."""
+    cos = (np.einsum("...ji,...ji->...", first, second) - 1.0) / 2.0  # trace(first^T second)
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 

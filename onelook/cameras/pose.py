@@ -24,8 +24,7 @@ def estimate_pose(
     valid = np.isfinite(landmarks).all(axis=1)
     if valid.sum() < 4:
         raise ValueError(f"need at least 4 landmarks to place the camera, got {int(valid.sum())}")
-    height, width = image_size
-    intrinsics = np.array([[focal_length, 0.0, width / 2.0], [0.0, focal_length, height / 2.0], [0.0, 0.0, 1.0]])
+    intrinsics = intrinsics_matrix(focal_length, image_size)
     # Landmarks and principal point are in the same corner-origin pixel frame, so no half-pixel shift is needed
     # (shifting only the landmarks, to OpenCV's centre-origin frame, would move the principal point by 0.5 px).
     obj, img = canonical_points[valid], landmarks[valid]
@@ -35,8 +34,20 @@ def estimate_pose(
     rvec, tvec = cv2.solvePnPRefineLM(obj, img, intrinsics, None, rvec, tvec)
     projected, _ = cv2.projectPoints(obj, rvec, tvec, intrinsics, None)
     residual = float(np.linalg.norm(projected[:, 0] - img, axis=1).mean())
+    return camera_to_world_from_opencv(rvec, tvec), residual
+
+
+def intrinsics_matrix(focal_length: float, image_size: tuple[int, int]) -> np.ndarray:
+    """OpenCV's camera matrix: principal point at the image centre of the corner-origin pixel frame."""
+    height, width = image_size
+    return np.array([[focal_length, 0.0, width / 2.0], [0.0, focal_length, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def camera_to_world_from_opencv(rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+    """OpenCV's world-to-camera pose (Rodrigues vector, translation (3, 1)) as a camera-to-world matrix, OpenGL
+    axes."""
     rot = cv2.Rodrigues(rvec)[0]
     c2w = np.eye(4)
     c2w[:3, :3] = rot.T @ CV_TO_GL
     c2w[:3, 3] = -rot.T @ tvec[:, 0]
-    return c2w, residual
+    return c2w

@@ -19,7 +19,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from onelook.cameras.geometry import CV_TO_GL, look_at, project
+from onelook.cameras.geometry import CV_TO_GL, look_at, project, rotation_angle_deg
+from onelook.cameras.pose import camera_to_world_from_opencv, intrinsics_matrix
 
 # Directions further than this from the cameras' mean direction are left out of the prior's fit.
 PRIOR_INLIER_ANGLE_DEG = 60.0
@@ -75,7 +76,7 @@ def resolve_flips(
             ]
         )
         alternative_score = score(alternative)
-        distinct = _angle_deg(alternative[:, :3, :3], camera_to_world[:, :3, :3]) > MIN_FLIP_ANGLE_DEG
+        distinct = rotation_angle_deg(alternative[:, :3, :3], camera_to_world[:, :3, :3]) > MIN_FLIP_ANGLE_DEG
         better = distinct & (alternative_score < best)
         result[better], best[better], flipped[better] = alternative[better], alternative_score[better], True
     return result, flipped
@@ -112,7 +113,7 @@ class _AlternativePoses:
         """The two poses of the keypoints flattened onto their best plane (OpenCV's IPPE): the one further
         from the current pose."""
         flat = np.c_[(self.points - self.centroid) @ self.plane[:2].T, np.zeros(len(self.points))]
-        intrinsics = _intrinsics(focal, self.image_size)
+        intrinsics = intrinsics_matrix(focal, self.image_size)
         count, rvecs, tvecs, _ = cv2.solvePnPGeneric(
             flat[valid], landmarks[valid], intrinsics, None, flags=cv2.SOLVEPNP_IPPE
         )
@@ -121,7 +122,7 @@ class _AlternativePoses:
             # From plane coordinates back to the world: x_plane = plane @ (x - centroid).
             rot = cv2.Rodrigues(rvec)[0] @ self.plane
             c2w = _refined(self.points, landmarks, valid, intrinsics, rot, tvec[:, 0] - rot @ self.centroid)
-            angle = float(_angle_deg(c2w[:3, :3], camera_to_world[:3, :3]))
+            angle = float(rotation_angle_deg(c2w[:3, :3], camera_to_world[:3, :3]))
             if angle > best_angle:
                 best, best_angle = c2w, angle
         return best
@@ -134,7 +135,7 @@ class _AlternativePoses:
         distance = np.linalg.norm(camera_to_world[:3, 3] - self.centroid)
         start = look_at((self.centroid + distance * self.mean_direction)[None], self.centroid)[0]
         rot = CV_TO_GL @ start[:3, :3].T  # world-to-camera, OpenCV axes
-        intrinsics = _intrinsics(focal, self.image_size)
+        intrinsics = intrinsics_matrix(focal, self.image_size)
         return _refined(self.points, landmarks, valid, intrinsics, rot, -rot @ start[:3, 3])
 
 
@@ -144,11 +145,6 @@ def _or_unchanged(alternative_pose, camera_to_world: np.ndarray, *args) -> np.nd
         return alternative_pose(camera_to_world, *args)
     except cv2.error:
         return camera_to_world
-
-
-def _intrinsics(focal: float, image_size: tuple[int, int]) -> np.ndarray:
-    height, width = image_size
-    return np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
 
 
 def _refined(
@@ -164,14 +160,4 @@ def _refined(
     rvec, tvec = cv2.solvePnPRefineLM(
         points[valid], landmarks[valid], intrinsics, None, cv2.Rodrigues(rot)[0], trans[:, None], REFINEMENT
     )
-    rot = cv2.Rodrigues(rvec)[0]
-    c2w = np.eye(4)
-    c2w[:3, :3] = rot.T @ CV_TO_GL
-    c2w[:3, 3] = -rot.T @ tvec[:, 0]
-    return c2w
-
-
-def _angle_deg(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Angle in degrees of the rotation between rotation matrices (..., 3, 3)."""
-    cos = (np.einsum("...ji,...ji->...", first, second) - 1.0) / 2.0  # trace(first^T second)
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return camera_to_world_from_opencv(rvec, tvec)
