@@ -168,7 +168,6 @@ def _with_shape_variation(
     as outliers are then placed on the refined keypoints by SQPnP. Pose flips are resolved before (so that the
     flipped cameras do not flatten the keypoints) and after."""
     inlier = fit.inlier if fit.inlier.sum() >= 3 else np.ones_like(fit.inlier)
-    inlier_weights = None if weights is None else np.asarray(weights, dtype=np.float64)[inlier]
     # Every image, the flagged ones too: a flipped pose's residual is what gets some images flagged.
     start, _ = resolve_flips(
         fit.canonical_points, fit.camera_to_world, fit.focal_length, landmarks, image_size, weights
@@ -179,7 +178,7 @@ def _with_shape_variation(
         fit.focal_length[inlier],
         start[inlier],
         fit.canonical_points,
-        inlier_weights,
+        None if weights is None else np.asarray(weights, dtype=np.float64)[inlier],
         estimate_focal=estimate_focal,
     )
     focal = np.full(len(inlier), refined.focal_length[0]) if estimate_focal else fit.focal_length
