@@ -146,6 +146,20 @@ def test_the_focal_length_is_the_datas_not_the_priors(focal_factor):
     assert fit.focal_determined and "focal length" in fit.summary()
 
 
+def test_noisy_landmarks_do_not_turn_the_shape_inside_out():
+    """A long lens and noisy landmarks (2.5% of the image, about MediaPipe's): the depth-reversed shape, with
+    every camera mirrored, is a local minimum that a few iterations on a subset could not tell from the right
+    one. Both are refined on every image and the lower cost wins (before: a median error of 119 degrees on
+    this sample; now 1.7x the oracle's, as with the focal length given: 2.4 px of noise on 200 images leaves
+    the shape itself uncertain)."""
+    from onelook.data.keypoint_categories import LAYOUTS, make_views
+
+    views = make_views(LAYOUTS["animal"], 200, 0.0, 3.0, 0.025, image_size=96, seed=8)
+    fit = fit_cameras(views.landmarks, views.image_size)
+    errors = rotation_errors_deg(fit.camera_to_world, views.camera_to_world, fit.canonical_points, views.mean_keypoints)
+    assert np.median(errors) <= 2.0 * np.median(views.oracle_rotation_errors())
+
+
 def test_an_undetermined_focal_length_is_reported():
     """Far away and seen almost head-on, five points carry no perspective: the fit says so."""
     from onelook.data.keypoint_categories import LAYOUTS, make_views

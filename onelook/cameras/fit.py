@@ -129,12 +129,18 @@ def fit_cameras(
             s = shape * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64) if mirrored else shape
             state = search.initial_state(s, focal_start[search.images])
             candidates.append(search.refine(search.global_poses(state), iterations=15, fixed_focal=True))
-    # Candidates differ in their robust scale: compare them by the median image's error instead.
-    best = min(candidates, key=search.median_image_error)
-    focal = f_init if focal_length is not None else best.log_focal[0].exp().expand(n_images).clone()
-    state = problem.initial_state(best.points, focal)
-    # Every camera at its best pose for the shape so far, then all jointly (and once more after the outliers).
-    state = problem.refine(problem.global_poses(state), iterations=iterations)
+    # The best start of each mirror image (candidates differ in their robust scale: compared by the median
+    # image's error), each refined on every image; the lower cost at a common scale wins. A few iterations on
+    # a subset cannot tell the two apart once landmarks are noisy: the other one is a local minimum.
+    finalists = []
+    for mirrored in (False, True):
+        best = min(candidates[int(mirrored) :: 2], key=search.median_image_error)
+        focal = f_init if focal_length is not None else best.log_focal[0].exp().expand(n_images).clone()
+        state = problem.initial_state(best.points, focal)
+        # Every camera at its best pose for the shape so far, then all jointly.
+        finalists.append(problem.refine(problem.global_poses(state), iterations=iterations))
+    common_scale = min(problem.robust_scale(state) for state in finalists)
+    state = min(finalists, key=lambda state: problem.cost(state, common_scale))
 
     residual = problem.image_residuals(state) * scale
     threshold = outlier_threshold_px
@@ -324,7 +330,7 @@ class _Problem:
         tz = focal / scale
         txy = aff[:, 3] * tz[:, None] / focal[:, None]
         state = _State(rot, torch.cat([txy, tz[:, None]], dim=1), shape.clone(), focal.log())
-        state.cost = self._cost(state, self._robust_scale(state))
+        state.cost = self.cost(state, self.robust_scale(state))
         return state
 
     def global_poses(self, state: _State) -> _State:
@@ -351,7 +357,7 @@ class _Problem:
             state.points,
             state.log_focal,
         )
-        result.cost = self._cost(result, self._robust_scale(result))
+        result.cost = self.cost(result, self.robust_scale(result))
         return result
 
     def median_image_error(self, state: _State) -> float:
@@ -368,7 +374,7 @@ class _Problem:
         err2 = (self._project(state)[2] - self.obs).square().sum(dim=2)
         return (err2 * self.w_user).sum(dim=1) / self.w_user.sum(dim=1)
 
-    def _robust_scale(self, state: _State, loss_width: float = 1.0) -> float:
+    def robust_scale(self, state: _State, loss_width: float = 1.0) -> float:
         # Robustness is per image (gross misdetections): with 2K equations for 6 camera parameters no image
         # can fit its keypoints exactly, so this scale cannot collapse the way a per-keypoint scale does.
         typical = self._image_sq_errors(state).median().sqrt()
@@ -379,7 +385,7 @@ class _Problem:
         loss_width typical errors), so the landmarks decide the focal length wherever they can."""
         return (c / (ROBUST_WIDTH * loss_width)) ** 2 / FOCAL_PRIOR_LOG_SIGMA**2
 
-    def _cost(self, state: _State, c: float, loss_width: float = 1.0) -> float:
+    def cost(self, state: _State, c: float, loss_width: float = 1.0) -> float:
         n_obs = self.w_user.sum(dim=1)
         cost = 0.5 * c**2 * (n_obs * torch.log1p(self._image_sq_errors(state) / c**2)).sum()
         if self.estimate_focal:
@@ -402,13 +408,13 @@ class _Problem:
         lam = 1e-3
         estimate_focal = self.estimate_focal and not fixed_focal
         for _ in range(iterations):
-            c = self._robust_scale(state, loss_width)
-            cost = self._cost(state, c, loss_width)
+            c = self.robust_scale(state, loss_width)
+            cost = self.cost(state, c, loss_width)
             step = self._normal_equations(state, c, loss_width, shape_mask, estimate_focal)
             improved = False
             for _ in range(8):
                 candidate = self._apply(state, *step(lam), estimate_focal)
-                new_cost = self._cost(candidate, c, loss_width)
+                new_cost = self.cost(candidate, c, loss_width)
                 if new_cost < cost:
                     lam = max(lam / 3.0, 1e-9)
                     improved = True
@@ -419,13 +425,13 @@ class _Problem:
             state = candidate
             if cost - new_cost < COST_TOLERANCE * cost:
                 break
-        state.cost = self._cost(state, self._robust_scale(state))
+        state.cost = self.cost(state, self.robust_scale(state))
         return state
 
     def focal_log_std(self, state: _State) -> float:
         """Standard deviation of the estimated log focal length (Gauss-Newton, at the data's noise level), with
         every camera and keypoint free."""
-        c = self._robust_scale(state)
+        c = self.robust_scale(state)
         reduced = self._normal_equations(state, c, 1.0, None, True)(0.0, reduced_hessian=True)
         # The keypoints' gauge (7 directions) leaves the reduced Hessian singular; the focal length is not part
         # of it, so the pseudo-inverse gives its variance.
