@@ -298,7 +298,6 @@ class _State:
     trans: torch.Tensor  # (N, 3)
     points: torch.Tensor  # (K, 3)
     log_focal: torch.Tensor  # (N,) normalised focal lengths, log
-    cost: float = float("inf")
 
 
 class _Problem:
@@ -329,9 +328,7 @@ class _Problem:
         scale = s.mean(dim=1)
         tz = focal / scale
         txy = aff[:, 3] * tz[:, None] / focal[:, None]
-        state = _State(rot, torch.cat([txy, tz[:, None]], dim=1), shape.clone(), focal.log())
-        state.cost = self.cost(state, self.robust_scale(state))
-        return state
+        return _State(rot, torch.cat([txy, tz[:, None]], dim=1), shape.clone(), focal.log())
 
     def global_poses(self, state: _State) -> _State:
         """Each camera moved to the globally best pose for the current shape and focal length (OpenCV's SQPnP),
@@ -351,14 +348,12 @@ class _Problem:
         rot, trans = torch.from_numpy(rot), torch.from_numpy(trans)
         candidate = _State(rot, trans, state.points, state.log_focal)
         better = (self._image_sq_errors(candidate) < current)[:, None]
-        result = _State(
+        return _State(
             torch.where(better[..., None], rot, state.rot),
             torch.where(better, trans, state.trans),
             state.points,
             state.log_focal,
         )
-        result.cost = self.cost(result, self.robust_scale(result))
-        return result
 
     def median_image_error(self, state: _State) -> float:
         return float(self._image_sq_errors(state).median().sqrt())
@@ -425,7 +420,6 @@ class _Problem:
             state = candidate
             if cost - new_cost < COST_TOLERANCE * cost:
                 break
-        state.cost = self.cost(state, self.robust_scale(state))
         return state
 
     def focal_log_std(self, state: _State) -> float:
