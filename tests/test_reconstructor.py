@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,3 +191,19 @@ def test_a_photo_is_placed_at_its_own_focal_length(reconstructor, held_out, tmp_
     assert ratio == pytest.approx(250.0 / from_exif.focal_length, rel=0.15)
     with pytest.raises(ValueError, match="focal_length"):
         reconstructor.locate(keypoints, (96, 96), focal_length=float("nan"))
+
+
+def test_a_known_placement_replaces_the_keypoints(reconstructor, held_out):
+    """A photo fitted with the placement its keypoints give is fitted exactly as from the keypoints; a given
+    placement's camera is the result's (in the model frame), with no keypoints at all."""
+    photo, keypoints, mask = held_out
+    placement = reconstructor.locate(keypoints, (96, 96))
+    from_keypoints = reconstructor.fit(photo, landmarks=keypoints, mask=mask, steps=3, show_progress=False)
+    from_placement = reconstructor.fit(photo, mask=mask, steps=3, show_progress=False, placement=placement)
+    assert torch.equal(from_keypoints.latent, from_placement.latent)
+    moved = np.array(placement.camera_to_world)
+    moved[:3, 3] *= 1.1
+    elsewhere = replace(placement, camera_to_world=moved)
+    result = reconstructor.fit(photo, mask=mask, steps=3, show_progress=False, placement=elsewhere)
+    assert np.allclose(result.camera_to_world, reconstructor.to_model_frame(moved))
+    assert not torch.equal(result.latent, from_keypoints.latent)

@@ -95,6 +95,7 @@ class Reconstructor:
         seed: int = 0,
         focal_length: float | None = None,
         show_progress: bool = True,
+        placement: PhotoPlacement | None = None,
     ) -> Iterator[tuple[int, Reconstruction | None]]:
         """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time, yielding
         (step, None) after each optimisation step, then (steps, the Reconstruction); stopping the iteration
@@ -103,13 +104,15 @@ class Reconstructor:
         1. keypoints (MediaPipe's five face landmarks unless `landmarks` (K, 2) pixels are given) place the
            camera against the model's canonical keypoints, with the photo's `focal_length` (pixels) if given,
            else its EXIF one when `image` is a file that has it, else the focal length the training crops had;
+           a known `placement` (a calibrated camera and its crop box) is used as it is instead, and then
+           `landmarks` are not needed;
         2. the photo is cropped the way training photos were, and a new latent, starting at the mean of the
            training latents, is optimised on its pixels with the network frozen (RGB loss, plus the mask loss
            when a mask is given or detected).
         """
         loaded = load_image(image) if isinstance(image, (str, Path)) else None
         rgb = loaded.rgb if loaded is not None else _as_rgb(image)
-        if landmarks is None:
+        if landmarks is None and placement is None:
             from onelook.landmarks.mediapipe_face import FaceLandmarker
 
             detector = FaceLandmarker()
@@ -121,7 +124,8 @@ class Reconstructor:
             mask = detection.mask if mask is None else mask
         if focal_length is None and loaded is not None:
             focal_length = loaded.focal_length
-        placement = self.locate(landmarks, rgb.shape[:2], focal_length)
+        if placement is None:
+            placement = self.locate(landmarks, rgb.shape[:2], focal_length)
         height, width = rgb.shape[:2]
         x0, y0, side = placement.crop_box
         crop_size = self.model.crop.size
