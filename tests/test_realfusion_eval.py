@@ -11,7 +11,15 @@ import pytest
 from PIL import Image
 
 from onelook.data.image_dataparser import ObjectImageDataParserConfig, reference_camera
-from onelook.data.object_family import KINDS, FamilyObject, family_object, orbit_camera, orbit_views, render_orbit_view
+from onelook.data.object_family import (
+    KINDS,
+    FamilyObject,
+    colour_name,
+    family_object,
+    orbit_camera,
+    orbit_views,
+    render_orbit_view,
+)
 from onelook.metrics import chamfer_and_fscore
 from onelook.realfusion.evaluate import VARIANTS
 
@@ -44,6 +52,33 @@ def test_identities_are_seeded_and_the_same_whatever_else_is_drawn():
     assert {family_object(0, i).kind for i in range(40)} == set(KINDS)
 
 
+@pytest.mark.parametrize(
+    ("rgb", "name"),
+    [
+        ((0.9, 0.1, 0.1), "red"),
+        ((0.9, 0.5, 0.1), "orange"),
+        ((0.5, 0.3, 0.1), "brown"),
+        ((0.8, 0.8, 0.2), "yellow"),
+        ((0.2, 0.7, 0.2), "green"),
+        ((0.1, 0.7, 0.8), "cyan"),
+        ((0.2, 0.3, 0.9), "blue"),
+        ((0.5, 0.2, 0.8), "purple"),
+        ((0.9, 0.3, 0.6), "pink"),
+        ((0.5, 0.52, 0.48), "grey"),
+        ((0.88, 0.9, 0.86), "white"),
+        ((0.12, 0.1, 0.14), "black"),
+    ],
+)
+def test_colours_have_their_everyday_names(rgb, name):
+    assert colour_name(rgb) == name
+
+
+def test_an_object_is_described_by_the_colours_of_its_parts():
+    thing = FamilyObject("mug", (1.0,) * 4, body=(0.9, 0.1, 0.1), detail=(0.8, 0.8, 0.2), accent=(0.2, 0.3, 0.9))
+    assert thing.description() == "red mug with a yellow logo and a blue handle"
+    assert {family_object(0, i).description().split()[1] for i in range(40)} == set(KINDS)
+
+
 def test_onelook_synth_objects_writes_every_view_with_its_truth(tmp_path):
     out = tmp_path / "objects"
     done = subprocess.run(
@@ -61,8 +96,9 @@ def test_onelook_synth_objects_writes_every_view_with_its_truth(tmp_path):
     mask = np.asarray(Image.open(out / "masks" / frame["file"])) > 0
     depth = np.load(out / "depth" / frame["file"].replace(".png", ".npy"))
     assert image.shape == (32, 32, 3) and mask.any() and (depth[mask] > 0).all() and (depth[~mask] == 0).all()
-    assert frame["caption"].startswith(f"a photo of a {meta['objects'][0]['kind']}, ")
-    assert frame["caption"].endswith(" view")
+    thing = family_object(0, 0)
+    assert frame["caption"].startswith(f"a photo of a {thing.description()}, ")
+    assert frame["caption"].endswith(" view") and thing.kind in frame["caption"]
     assert (out / meta["objects"][1]["mesh"]).is_file()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onelook.data.object_family import generate_objects
+from onelook.data.object_family import family_object, generate_objects
 from onelook.guidance.stable_diffusion import StableDiffusionPrior
 from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, train_prior, word_tokenizer
 
@@ -54,6 +54,8 @@ def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path
         "a</w>",
         "house</w>",
     ]
+    description = family_object(0, 0).description()  # captions name colours: each word is one token
+    assert prior.tokenizer.tokenize(description) == [f"{word}</w>" for word in description.split()]
     text = prior.encode_prompts(["a high-resolution DSLR image of a mug, back view"])
     rendered = torch.rand(1, 3, 16, 16, requires_grad=True)
     prior.sds(rendered, text, prior.encode_prompts([""])).loss.backward()

@@ -11,6 +11,7 @@ can be scored against renders of the truth from any camera with no alignment ste
 
 from __future__ import annotations
 
+import colorsys
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,30 @@ class FamilyObject:
         parts.append(box((-half_w, half_d - 0.07, seat_z + 0.08), (half_w, half_d, top), self.accent))
         return parts
 
+    def description(self) -> str:
+        """The object in words, colours included ("red mug with a yellow logo and a blue handle"), as a prior's
+        caption: a prior that never read a colour word cannot be told, nor an inverted word learn, a colour."""
+        body, detail, accent = (colour_name(c) for c in (self.body, self.detail, self.accent))
+        return {
+            "mug": f"{body} mug with a {detail} logo and a {accent} handle",
+            "house": f"{body} house with a {detail} door and a {accent} roof",
+            "creature": f"{body} creature with {detail} eyes and a {accent} tail",
+            "chair": f"{detail} chair with {body} legs and a {accent} back",
+        }[self.kind]
+
+
+def colour_name(rgb: tuple[float, float, float]) -> str:
+    """The everyday name of an RGB colour in [0, 1]: black, white or grey when it has little hue, else one of
+    eight hues (orange darkens to brown)."""
+    hue, saturation, value = colorsys.rgb_to_hsv(*rgb)
+    if value - value * (1.0 - saturation) < 0.15:  # max - min: no hue to speak of
+        return "black" if value < 0.25 else "white" if value > 0.8 else "grey"
+    hue *= 360.0
+    for name, upper in (("red", 15), ("orange", 45), ("yellow", 70), ("green", 160), ("cyan", 200), ("blue", 260)):
+        if hue < upper:
+            return "brown" if name == "orange" and value < 0.6 else name
+    return "purple" if hue < 300 else "pink" if hue < 345 else "red"
+
 
 def family_object(seed: int, index: int) -> FamilyObject:
     """Identity `index` of the family drawn with `seed`."""
@@ -204,9 +229,9 @@ def orbit_views() -> list[tuple[float, float]]:
     return views + [(a, OVERHEAD_ELEVATION) for a in (0.0, 180.0)]
 
 
-def caption(kind: str, azimuth: float, elevation: float) -> str:
-    """The prior's caption of a render, with the view words RealFusion's prompts use."""
-    return f"a photo of a {kind}, {view_label(90.0 - elevation, azimuth)} view"
+def caption(thing: FamilyObject, azimuth: float, elevation: float) -> str:
+    """The prior's caption of a render: the object in words, then the view words RealFusion's prompts use."""
+    return f"a photo of a {thing.description()}, {view_label(90.0 - elevation, azimuth)} view"
 
 
 def generate_objects(
@@ -242,7 +267,7 @@ def generate_objects(
                     "elevation": elevation,
                     "camera_to_world": c2w.tolist(),
                     "focal_length": focal,
-                    "caption": caption(thing.kind, azimuth, elevation),
+                    "caption": caption(thing, azimuth, elevation),
                 }
             )
     meta = {"seed": seed, "category": "objects", "image_size": [size, size], "objects": objects, "frames": frames}

@@ -3,7 +3,8 @@
 It gives RealFusion a prior that knows something on a machine with no downloaded weights: a VAE, a UNet and a
 CLIP text encoder with a word-level tokenizer, written as a standard diffusers folder (vae/, unet/,
 text_encoder/, tokenizer/, scheduler/, model_index.json) that loads through the same `--sd-model FOLDER`
-path as Stable Diffusion 1.5. Captions are "<template with the kind>, <front|side|back|overhead> view",
+path as Stable Diffusion 1.5. Captions are "<template with the object>, <front|side|back|overhead> view", the
+object in words with its colours ("red mug with a yellow logo and a blue handle") or by its kind alone,
 with the textual-inversion templates' and RealFusion's wording, so both prompt it as they prompt SD.
 
 Two stages, each seeded, checkpointed (safetensors plus `weights_only` optimizer state) and resumable: the
@@ -32,6 +33,7 @@ from onelook.guidance.tiny import SmallSDSizes, byte_vocab, save_stable_diffusio
 
 REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
 CAPTION_DROPOUT = 0.1
+DESCRIBED = 0.5  # the share of captions that name the object's colours and parts, not only its kind
 POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes with a sample, the UNet learns on means
 
 
@@ -57,25 +59,30 @@ class PriorTrainingConfig:
     """Seeds the initial weights, the batches, the noise and the captions' wording."""
 
 
-def load_renders(synth_dir: Path, image_size: int) -> tuple[torch.Tensor, list[str], list[str]]:
+def load_renders(synth_dir: Path, image_size: int) -> tuple[torch.Tensor, list[str], list[str], list[str]]:
     """Every render of an `onelook synth --category objects` folder: images (N, 3, S, S) in [0, 1], their
-    kinds and view words (from the captions)."""
+    kinds, the objects in words (from the captions; the kind in folders written before captions had colours)
+    and view words."""
     meta = json.loads((Path(synth_dir) / "synth.json").read_text())
     if meta.get("category") != "objects":
         raise ValueError(f"{synth_dir} is not an `onelook synth --category objects` folder")
-    images, kinds, views = [], [], []
+    kind_of = {thing["identity"]: thing["kind"] for thing in meta["objects"]}
+    images, kinds, descriptions, views = [], [], [], []
     for frame in meta["frames"]:
         image = Image.open(Path(synth_dir) / "images" / frame["file"]).convert("RGB")
         images.append(np.asarray(image.resize((image_size, image_size), Image.BICUBIC)))
-        kind, view = frame["caption"].removeprefix("a photo of a ").split(", ")
-        kinds.append(kind)
+        description, view = frame["caption"].removeprefix("a photo of a ").split(", ")
+        kinds.append(kind_of[frame["identity"]])
+        descriptions.append(description)
         views.append(view)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0, kinds, views
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0, kinds, descriptions, views
 
 
-def caption_for(kind: str, view: str, rng: random.Random) -> str:
+def caption_for(kind: str, description: str, view: str, rng: random.Random) -> str:
+    """A training caption: a random template around the object in words (its colours) or, as often, its bare
+    kind (how the class-word prompt asks), then the view words."""
     template = rng.choice((*TEMPLATES, REALFUSION_TEMPLATE))
-    return f"{template.format(kind)}, {view}"
+    return f"{template.format(description if rng.random() < DESCRIBED else kind)}, {view}"
 
 
 def word_tokenizer(words: set[str], folder: Path):
@@ -159,10 +166,9 @@ def train_prior(
     out, work = Path(out), Path(out) / "training"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    images, kinds, views = load_renders(synth_dir, config.image_size)
-    words = {
-        w for text in (*TEMPLATES, REALFUSION_TEMPLATE, *kinds, *views) for w in re.findall("[a-z]+", text.lower())
-    }
+    images, kinds, descriptions, views = load_renders(synth_dir, config.image_size)
+    texts = (*TEMPLATES, REALFUSION_TEMPLATE, *kinds, *set(descriptions), *views)
+    words = {w for text in texts for w in re.findall("[a-z]+", text.lower())}
     if (work / "tokenizer" / "vocab.json").is_file():  # resuming: the text encoder learnt these tokens
         from transformers import CLIPTokenizer
 
@@ -214,7 +220,8 @@ def train_prior(
     for step in bar:
         index = torch.randint(len(latents), (config.batch_size,), generator=generator)
         captions = [
-            "" if rng.random() < CAPTION_DROPOUT else caption_for(kinds[i], views[i], rng) for i in index.tolist()
+            "" if rng.random() < CAPTION_DROPOUT else caption_for(kinds[i], descriptions[i], views[i], rng)
+            for i in index.tolist()
         ]
         loss = denoising_loss(unet, text_encoder, tokenizer, scheduler, latents[index], captions, generator)
         optimizer.zero_grad()
@@ -248,13 +255,13 @@ def held_out_loss(folder: Path, synth_dir: Path, batches: int = 20, batch_size: 
     from onelook.guidance.textual_inversion import denoising_loss as prior_denoising_loss
 
     prior = StableDiffusionPrior.load(folder, device="cpu", half_precision=False)
-    images, kinds, views = load_renders(synth_dir, prior.image_size)
+    images, kinds, descriptions, views = load_renders(synth_dir, prior.image_size)
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     losses = []
     for _ in range(batches):
         index = torch.randint(len(images), (batch_size,), generator=generator)
-        captions = [caption_for(kinds[i], views[i], rng) for i in index.tolist()]
+        captions = [caption_for(kinds[i], descriptions[i], views[i], rng) for i in index.tolist()]
         losses.append(float(prior_denoising_loss(prior, images[index], captions, generator)))
     return float(np.mean(losses))
 
