@@ -19,50 +19,23 @@ On held-out identities of an `onelook synth` category (as `onelook eval`), maske
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from onelook.cameras.geometry import project, similarity_align, turn_about_origin, viewing_angles
+from onelook.cameras.geometry import turn_about_origin, viewing_angles
 from onelook.data.crop import keypoint_crop_box
-from onelook.data.synthetic import identity, render
-from onelook.lolnerf.evaluate import DEFAULT_ANGLES
-from onelook.lolnerf.reconstructor import PhotoPlacement, Reconstructor
+from onelook.data.synthetic import render
+from onelook.lolnerf.evaluate import DEFAULT_ANGLES, SyntheticTruth
+from onelook.lolnerf.reconstructor import PhotoPlacement, PlacedPhoto, Reconstructor
 from onelook.metrics import masked_psnr
-from onelook.rendering import pinhole_cameras
 
 VARIANTS = ("copy_input", "fit", "true_camera", "true_camera_and_turn", "all_views")
 
 
-def fit_on_views(recon: Reconstructor, cameras, images, focal: float, steps: int, seed: int) -> torch.Tensor:
-    """A latent fitted on several views of one object at known cameras (model frame), as `fit` fits one."""
-    rays = [
-        pinhole_cameras(recon.to_world(c2w), focal, image.shape[0]).generate_rays(0, keep_shape=False)
-        for c2w, image in zip(cameras, images, strict=True)
-    ]
-    bundle = type(rays[0])(
-        **{
-            key: torch.cat([getattr(r, key) for r in rays])
-            for key in ("origins", "directions", "pixel_area", "camera_indices")
-        }
-    )
-    target = torch.cat([torch.as_tensor(image, dtype=torch.float32).reshape(-1, 3) for image in images])
-    generator = torch.Generator().manual_seed(seed)
-    latent = recon.model.latents.mean().detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([latent], lr=1e-2)
-    for _ in range(steps):
-        pick = torch.randint(len(target), (1024,), generator=generator)
-        batch = bundle[pick]
-        batch.metadata = {"latent": latent.expand(len(pick), -1)}
-        loss = F.mse_loss(recon.model.get_outputs(batch)["rgb"], target[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return latent.detach()
+def as_uint8(rgb: np.ndarray) -> np.ndarray:
+    return (rgb * 255).round().astype(np.uint8)
 
 
 def main() -> None:
@@ -75,46 +48,32 @@ def main() -> None:
     args = parser.parse_args()
 
     recon = Reconstructor.from_run(args.run)
-    synth = json.loads((args.synth / "synth.json").read_text())
-    frames = json.loads((args.data / "transforms.json").read_text())["frames"]
-    truth = {f["file"]: f for f in synth["frames"]}
-    true_mean = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
-    scale, rotation, translation = similarity_align(recon.canonical_keypoints, true_mean)
-    size = recon.model.crop.size
-    focal = synth["focal_length"] * size / synth["image_size"][0]
+    truth = SyntheticTruth.load(recon, args.synth, args.data)
+    to_model, focal, size = truth.to_model, truth.focal, truth.size
 
-    def to_model(c2w_true: np.ndarray) -> np.ndarray:
-        c2w = np.eye(4)
-        c2w[:3, :3] = rotation.T @ c2w_true[:3, :3]
-        c2w[:3, 3] = rotation.T @ (c2w_true[:3, 3] - translation) / scale
-        return c2w
+    def placed(c2w_model: np.ndarray, crop_box: tuple[float, float, float]) -> PhotoPlacement:
+        return PhotoPlacement(recon.to_world(c2w_model), focal, crop_box, 0.0, viewing_angles(c2w_model))
 
     psnr = {variant: {angle: [] for angle in DEFAULT_ANGLES} for variant in VARIANTS}
     for j in tqdm(range(args.held_out), desc="held-out identities"):
-        thing, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j, synth.get("category", "heads"))
-        photo = render(thing, c2w_true, focal, size)
-        keypoints = project(thing.keypoints(), c2w_true[None], focal, (size, size))[0][0]
-        pixels = (photo.rgb * 255).round().astype(np.uint8)
+        thing, c2w_true, photo, keypoints = truth.held_out(j)
+        pixels = as_uint8(photo.rgb)
         truths = {angle: render(thing, turn_about_origin(c2w_true, *angle), focal, size) for angle in DEFAULT_ANGLES}
         options = {"mask": photo.mask, "steps": args.fit_steps, "show_progress": False, "seed": j}
         fitted = recon.fit(pixels, landmarks=keypoints, **options)
-        known = PhotoPlacement(
-            recon.to_world(to_model(c2w_true)),
-            focal,
-            keypoint_crop_box(keypoints, recon.model.crop.scale),
-            0.0,
-            viewing_angles(to_model(c2w_true)),
-        )
+        known = placed(to_model(c2w_true), keypoint_crop_box(keypoints, recon.model.crop.scale))
         at_true_camera = recon.fit(pixels, placement=known, **options)
         novel_true = {angle: to_model(turn_about_origin(c2w_true, *angle)) for angle in DEFAULT_ANGLES}
-        all_views = fit_on_views(
-            recon,
-            [to_model(c2w_true), *novel_true.values()],
-            [photo.rgb, *(t.rgb for t in truths.values())],
-            focal,
-            args.fit_steps,
-            j,
-        )
+        # The whole render as the crop (no keypoint crop) and no mask loss: every pixel of every true view.
+        whole = (0.0, 0.0, float(size))
+        all_views = recon.fit(
+            pixels,
+            placement=placed(to_model(c2w_true), whole),
+            more_views=[PlacedPhoto(as_uint8(true.rgb), placed(novel_true[a], whole)) for a, true in truths.items()],
+            steps=args.fit_steps,
+            show_progress=False,
+            seed=j,
+        ).latent
         for angle, true in truths.items():
             views = {
                 "copy_input": photo.rgb,

@@ -207,3 +207,33 @@ def test_a_known_placement_replaces_the_keypoints(reconstructor, held_out):
     result = reconstructor.fit(photo, mask=mask, steps=3, show_progress=False, placement=elsewhere)
     assert np.allclose(result.camera_to_world, reconstructor.to_model_frame(moved))
     assert not torch.equal(result.latent, from_keypoints.latent)
+
+
+def test_more_views_of_the_object_fit_one_latent(reconstructor, synth_dir):
+    """Other photos of the same object at known placements (a rig) join the fit: the latent explains a second
+    view better than the latent fitted on the first photo alone."""
+    from onelook.cameras.geometry import project, turn_about_origin
+    from onelook.lolnerf.reconstructor import PlacedPhoto
+    from onelook.metrics import masked_psnr
+
+    meta = json.loads((synth_dir / "synth.json").read_text())
+    head, c2w, _ = identity(meta["seed"], len(meta["frames"]) + 2)
+    size, focal = 80, FOCAL_FACTOR * 80
+    photos = []
+    for camera in (c2w, turn_about_origin(c2w, 35.0, 10.0)):
+        view = render(head, camera, focal, size)
+        keypoints = project(head.keypoints(), camera[None], focal, (size, size))[0][0]
+        rgb = (view.rgb * 255).round().astype(np.uint8)
+        photos.append(PlacedPhoto(rgb, reconstructor.locate(keypoints, (size, size), focal), view.mask))
+    first, second = photos
+    options = {"mask": first.mask, "placement": first.placement, "steps": 40, "show_progress": False}
+    alone = reconstructor.fit(first.rgb, **options)
+    together = reconstructor.fit(first.rgb, more_views=[second], **options)
+    assert np.allclose(together.camera_to_world, alone.camera_to_world)  # the result keeps the first camera
+
+    def second_view_psnr(latent: torch.Tensor) -> float:
+        c2w_model = reconstructor.to_model_frame(second.placement.camera_to_world)
+        rgb = reconstructor.render(latent, c2w_model, focal, size)["rgb"]
+        return masked_psnr(rgb, second.rgb / 255.0, second.mask)
+
+    assert second_view_psnr(together.latent) > second_view_psnr(alone.latent) + 0.3

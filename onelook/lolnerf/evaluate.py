@@ -84,6 +84,55 @@ class EvalReport:
         return "\n".join(lines)
 
 
+@dataclass
+class SyntheticTruth:
+    """What an `onelook synth` folder knows against a model trained on it (through `onelook prepare`'s folder):
+    the similarity taking the model's frame to the synthetic world, fitted between the canonical keypoints and
+    the true mean keypoints of the training images, the true focal length at the model's crop size, and the
+    held-out identities (those after the training ones: never trained on)."""
+
+    synth: dict  # synth.json
+    transforms: dict  # the prepared folder's transforms.json
+    true_mean: np.ndarray  # (K, 3) the training images' mean true keypoints
+    scale: float  # model frame -> synthetic world: x -> scale * rotation @ x + translation
+    rotation: np.ndarray
+    translation: np.ndarray
+    focal: float  # the true focal length, pixels of the model's crop
+    size: int  # the model's crop size
+
+    @classmethod
+    def load(cls, recon: Reconstructor, synth_dir: Path, data_dir: Path) -> SyntheticTruth:
+        synth = json.loads((Path(synth_dir) / "synth.json").read_text())
+        transforms = json.loads((Path(data_dir) / "transforms.json").read_text())
+        by_file = {f["file"]: f for f in synth["frames"]}
+        true_mean = np.mean([by_file[f["source"]]["keypoints_3d"] for f in transforms["frames"]], axis=0)
+        similarity = similarity_align(recon.canonical_keypoints, true_mean)
+        size = recon.model.crop.size
+        focal = synth["focal_length"] * size / synth["image_size"][0]
+        return cls(synth, transforms, true_mean, *similarity, focal, size)
+
+    def true_cameras(self) -> np.ndarray:
+        """(N, 4, 4) the true camera of every prepared frame, synthetic world."""
+        by_file = {f["file"]: f for f in self.synth["frames"]}
+        return np.array([by_file[f["source"]]["camera_to_world"] for f in self.transforms["frames"]])
+
+    def to_model(self, camera_to_world: np.ndarray) -> np.ndarray:
+        """A camera of the synthetic world in the model's frame."""
+        c2w = np.eye(4)
+        c2w[:3, :3] = self.rotation.T @ camera_to_world[:3, :3]
+        c2w[:3, 3] = self.rotation.T @ (camera_to_world[:3, 3] - self.translation) / self.scale
+        return c2w
+
+    def held_out(self, index: int):
+        """Held-out identity `index`: the object, its true camera (synthetic world), its photo at the model's
+        crop size (a `Render`) and its true keypoints in that photo (K, 2)."""
+        seed, category = self.synth["seed"], self.synth.get("category", "heads")
+        thing, c2w, _ = identity(seed, len(self.synth["frames"]) + index, category)
+        photo = render(thing, c2w, self.focal, self.size)
+        keypoints = project(thing.keypoints(), c2w[None], self.focal, (self.size, self.size))[0][0]
+        return thing, c2w, photo, keypoints
+
+
 def evaluate(
     run_dir: Path,
     synth_dir: Path,
@@ -96,10 +145,8 @@ def evaluate(
     device: str | None = None,
 ) -> EvalReport:
     recon = Reconstructor.from_run(run_dir, device=device)
-    synth = json.loads((Path(synth_dir) / "synth.json").read_text())
-    transforms = json.loads((Path(data_dir) / "transforms.json").read_text())
-    frames = transforms["frames"]
-    size = recon.model.crop.size
+    truth = SyntheticTruth.load(recon, synth_dir, data_dir)
+    frames, size = truth.transforms["frames"], recon.model.crop.size
 
     # 1. Training images with their own latents and cameras.
     psnrs, ssims = [], []
@@ -114,15 +161,10 @@ def evaluate(
         psnrs.append(masked_psnr(pred, target, np.ones(target.shape[:2], bool)))
         ssims.append(float(structural_similarity(pred, target, channel_axis=2, data_range=1.0)))
 
-    # The similarity taking the model's frame to the synthetic world (scale, rotation, translation).
-    truth = {f["file"]: f for f in synth["frames"]}
-    true_mean = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
-    scale, rotation, translation = similarity_align(recon.canonical_keypoints, true_mean)
+    scale, rotation, translation, true_focal = truth.scale, truth.rotation, truth.translation, truth.focal
     train_c2w = np.array([f["transform_matrix"] for f in frames])
-    true_train_c2w = np.array([truth[f["source"]]["camera_to_world"] for f in frames])
-    canonical = np.array(transforms["canonical_keypoints"])
-    train_rotation = rotation_errors_deg(train_c2w, true_train_c2w, canonical, true_mean)
-    true_focal = synth["focal_length"] * size / synth["image_size"][0]
+    canonical = np.array(truth.transforms["canonical_keypoints"])
+    train_rotation = rotation_errors_deg(train_c2w, truth.true_cameras(), canonical, truth.true_mean)
     train_focal_ratio = float(np.median([f["fl_x"] for f in frames])) / true_focal
 
     # 2-4. Held-out identities.
@@ -133,11 +175,9 @@ def evaluate(
     depth_errors, shift_errors, coverage, chamfers = [], [], [], []
     fit_c2w, fit_true_c2w, position_errors = [], [], []
     for j in tqdm(range(held_out), desc="held-out identities"):
-        head, c2w_true, _ = identity(synth["seed"], len(synth["frames"]) + j, synth.get("category", "heads"))
+        head, c2w_true, view, keypoints = truth.held_out(j)
         true_mesh = head.mesh()
         object_size = float(np.ptp(np.asarray(true_mesh.vertices), axis=0).max())
-        view = render(head, c2w_true, true_focal, size)
-        keypoints = project(head.keypoints(), c2w_true[None], true_focal, (size, size))[0][0]
         fitted = recon.fit(
             (view.rgb * 255).round().astype(np.uint8),
             landmarks=keypoints,
@@ -179,7 +219,9 @@ def evaluate(
         true_points = np.asarray(true_mesh.sample_points_uniformly(20000).points)
         chamfers.append(chamfer_and_fscore(predicted, true_points, 0.05 * object_size)[0] / object_size)
 
-    fit_rotation = rotation_errors_deg(np.array(fit_c2w), np.array(fit_true_c2w), recon.canonical_keypoints, true_mean)
+    fit_rotation = rotation_errors_deg(
+        np.array(fit_c2w), np.array(fit_true_c2w), recon.canonical_keypoints, truth.true_mean
+    )
     return EvalReport(
         train_psnr=float(np.mean(psnrs)),
         train_ssim=float(np.mean(ssims)),

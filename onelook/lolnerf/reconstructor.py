@@ -8,7 +8,7 @@ this module are in that frame, OpenGL convention, with the principal point at th
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
+from nerfstudio.cameras.rays import RayBundle
 from tqdm import trange
 
 from onelook.cameras.geometry import look_at, orbit_positions, turn_about_origin, viewing_angles
@@ -96,6 +97,7 @@ class Reconstructor:
         focal_length: float | None = None,
         show_progress: bool = True,
         placement: PhotoPlacement | None = None,
+        more_views: Sequence[PlacedPhoto] = (),
     ) -> Iterator[tuple[int, Reconstruction | None]]:
         """Lifts one photo (a path or an (H, W, 3) uint8 array) to 3D, as in the paper's test time, yielding
         (step, None) after each optimisation step, then (steps, the Reconstruction); stopping the iteration
@@ -109,6 +111,10 @@ class Reconstructor:
         2. the photo is cropped the way training photos were, and a new latent, starting at the mean of the
            training latents, is optimised on its pixels with the network frozen (RGB loss, plus the mask loss
            when a mask is given or detected).
+
+        `more_views`: other photos of the same object at known placements (a camera rig; a model's capacity in
+        a benchmark); the latent is fitted on all their pixels together, and the result keeps the first
+        photo's camera.
         """
         loaded = load_image(image) if isinstance(image, (str, Path)) else None
         rgb = loaded.rgb if loaded is not None else _as_rgb(image)
@@ -126,27 +132,18 @@ class Reconstructor:
             focal_length = loaded.focal_length
         if placement is None:
             placement = self.locate(landmarks, rgb.shape[:2], focal_length)
-        height, width = rgb.shape[:2]
-        x0, y0, side = placement.crop_box
-        crop_size = self.model.crop.size
-        scale = crop_size / side
-
-        # The crop as a camera: the photo's camera with the crop's scale and offset (off-centre principal point).
-        principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
-        crop_focal = placement.focal_length * scale
-        cameras = pinhole_cameras(placement.camera_to_world, crop_focal, crop_size, principal_point, self.device)
-        rays = cameras.generate_rays(camera_indices=0, keep_shape=False)
-        target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
-        target = target.reshape(-1, 3).to(self.device)
-        centres = (np.arange(crop_size) + 0.5) / scale
-        inside_x = (centres + x0 >= 0) & (centres + x0 < width)
-        inside_y = (centres + y0 >= 0) & (centres + y0 < height)
-        pixels = torch.as_tensor(np.flatnonzero(np.outer(inside_y, inside_x)), device=self.device)
-        target_mask = None
-        if mask is not None:
-            mask = np.asarray(mask, dtype=np.float32)
-            target_mask = torch.as_tensor(crop_square(mask, x0, y0, side, crop_size) > 0.5, device=self.device)
-            target_mask = target_mask.reshape(-1, 1)
+        views = [self._view_pixels(PlacedPhoto(rgb, placement, mask)), *map(self._view_pixels, more_views)]
+        rays = RayBundle(
+            **{
+                key: torch.cat([getattr(v.rays, key) for v in views])
+                for key in ("origins", "directions", "pixel_area", "camera_indices")
+            }
+        )
+        target = torch.cat([v.rgb for v in views])
+        has_mask = torch.cat([torch.full((len(v.rgb),), v.mask is not None, device=self.device) for v in views])
+        target_mask = torch.cat([v.mask if v.mask is not None else torch.zeros_like(v.rgb[:, :1]) for v in views])
+        offsets = np.cumsum([0] + [len(v.rgb) for v in views[:-1]])
+        pixels = torch.cat([v.pixels + int(offset) for v, offset in zip(views, offsets, strict=True)])
 
         generator = torch.Generator(device="cpu").manual_seed(seed)
         latent = self.model.latents.mean().detach().clone().requires_grad_(True)
@@ -158,16 +155,45 @@ class Reconstructor:
             bundle.metadata = {"latent": latent.expand(len(pick), -1)}
             outputs = self.model.get_outputs(bundle)
             loss = F.mse_loss(outputs["rgb"], target[pick])
-            if target_mask is not None:
-                loss = loss + mask_weight * mask_loss(outputs["accumulation"], target_mask[pick])
+            masked = pick[has_mask[pick]]
+            if len(masked):
+                accumulation = outputs["accumulation"][has_mask[pick]]
+                loss = loss + mask_weight * mask_loss(accumulation, target_mask[masked]) * len(masked) / len(pick)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
             yield step, None
         c2w = self.to_model_frame(placement.camera_to_world)
-        result = Reconstruction(self, latent.detach(), c2w, placement.focal_length, (height, width), losses)
+        result = Reconstruction(self, latent.detach(), c2w, placement.focal_length, rgb.shape[:2], losses)
         yield steps, result
+
+    def _view_pixels(self, photo: PlacedPhoto) -> _ViewPixels:
+        """A photo cropped the way training photos were, as rays (the photo's camera with the crop's scale and
+        offset: an off-centre principal point) and their target colours and mask; `pixels` are the crop's
+        pixels that lie inside the photo."""
+        rgb = _as_rgb(photo.rgb)
+        height, width = rgb.shape[:2]
+        x0, y0, side = photo.placement.crop_box
+        crop_size = self.model.crop.size
+        scale = crop_size / side
+        principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
+        crop_focal = photo.placement.focal_length * scale
+        camera = pinhole_cameras(photo.placement.camera_to_world, crop_focal, crop_size, principal_point, self.device)
+        target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
+        centres = (np.arange(crop_size) + 0.5) / scale
+        inside_x = (centres + x0 >= 0) & (centres + x0 < width)
+        inside_y = (centres + y0 >= 0) & (centres + y0 < height)
+        mask = None
+        if photo.mask is not None:
+            crop = crop_square(np.asarray(photo.mask, dtype=np.float32), x0, y0, side, crop_size) > 0.5
+            mask = torch.as_tensor(crop, device=self.device).reshape(-1, 1)
+        return _ViewPixels(
+            camera.generate_rays(camera_indices=0, keep_shape=False),
+            target.reshape(-1, 3).to(self.device),
+            mask,
+            torch.as_tensor(np.flatnonzero(np.outer(inside_y, inside_x)), device=self.device),
+        )
 
     def locate(
         self, landmarks: np.ndarray, image_size: tuple[int, int], focal_length: float | None = None
@@ -224,6 +250,23 @@ class Reconstructor:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         latents = self.model.latents.sample(num, truncation, generator)
         return [self.reconstruction(z) for z in latents]
+
+
+@dataclass
+class PlacedPhoto:
+    """A photo of an object with its known placement against the model (`fit_steps`' `more_views`)."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    placement: PhotoPlacement
+    mask: np.ndarray | None = None  # (H, W) foreground, for the mask loss
+
+
+@dataclass
+class _ViewPixels:
+    rays: RayBundle  # one per pixel of the crop
+    rgb: torch.Tensor  # (N, 3) target colours in [0, 1]
+    mask: torch.Tensor | None  # (N, 1) bool foreground
+    pixels: torch.Tensor  # indices of the rays whose pixels lie inside the photo
 
 
 @dataclass
