@@ -161,6 +161,8 @@ def _train_prior(args: argparse.Namespace) -> int:
     if args.held_out is not None:
         loss = held_out_loss(folder, args.held_out)
         print(f"denoising loss on the held-out renders of {args.held_out}: {loss:.4f}")
+        own, other = (held_out_loss(folder, args.held_out, captions=c) for c in ("own", "recoloured"))
+        print(f"  captioned with their own colours: {own:.4f}; with another object's of their kind: {other:.4f}")
     return 0
 
 

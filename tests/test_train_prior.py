@@ -61,6 +61,10 @@ def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path
     prior.sds(rendered, text, prior.encode_prompts([""])).loss.backward()
     assert torch.isfinite(rendered.grad).all() and rendered.grad.abs().sum() > 0
     assert 0 < held_out_loss(folder, renders, batches=2, batch_size=4) < 10
+    for captions in ("own", "recoloured"):  # what the prior reads of colour words
+        assert 0 < held_out_loss(folder, renders, batches=2, batch_size=4, captions=captions) < 10
+    with pytest.raises(ValueError, match="captions must be"):
+        held_out_loss(folder, renders, captions="colourless")
 
 
 def test_train_prior_refuses_a_folder_of_other_renders(tmp_path):

@@ -78,11 +78,11 @@ def load_renders(synth_dir: Path, image_size: int) -> tuple[torch.Tensor, list[s
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0, kinds, descriptions, views
 
 
-def caption_for(kind: str, description: str, view: str, rng: random.Random) -> str:
-    """A training caption: a random template around the object in words (its colours) or, as often, its bare
-    kind (how the class-word prompt asks), then the view words."""
+def caption_for(kind: str, description: str, view: str, rng: random.Random, described: float = DESCRIBED) -> str:
+    """A training caption: a random template around the object in words (its colours; with probability
+    `described`) or its bare kind (how the class-word prompt asks), then the view words."""
     template = rng.choice((*TEMPLATES, REALFUSION_TEMPLATE))
-    return f"{template.format(description if rng.random() < DESCRIBED else kind)}, {view}"
+    return f"{template.format(description if rng.random() < described else kind)}, {view}"
 
 
 def word_tokenizer(words: set[str], folder: Path):
@@ -248,21 +248,34 @@ def denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, 
 
 
 @torch.no_grad()
-def held_out_loss(folder: Path, synth_dir: Path, batches: int = 20, batch_size: int = 64, seed: int = 0) -> float:
+def held_out_loss(
+    folder: Path, synth_dir: Path, batches: int = 20, batch_size: int = 64, seed: int = 0, captions: str = "mixed"
+) -> float:
     """The trained prior's denoising loss on renders it never saw (same timesteps and noise every call), loaded
-    and scored the way RealFusion loads and textual inversion scores Stable Diffusion."""
+    and scored the way RealFusion loads and textual inversion scores Stable Diffusion. `captions`: "mixed" as
+    in training (the object in words or its kind), "own" (every render by its own colours), "recoloured" (by
+    another object's words of the same kind): "own" below "recoloured" is what the prior reads of colours."""
     from onelook.guidance.stable_diffusion import StableDiffusionPrior
     from onelook.guidance.textual_inversion import denoising_loss as prior_denoising_loss
 
+    if captions not in ("mixed", "own", "recoloured"):
+        raise ValueError(f"captions must be mixed, own or recoloured, got {captions!r}")
     prior = StableDiffusionPrior.load(folder, device="cpu", half_precision=False)
     images, kinds, descriptions, views = load_renders(synth_dir, prior.image_size)
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
+    of_kind = {kind: sorted({d for k, d in zip(kinds, descriptions, strict=True) if k == kind}) for kind in kinds}
     losses = []
     for _ in range(batches):
         index = torch.randint(len(images), (batch_size,), generator=generator)
-        captions = [caption_for(kinds[i], descriptions[i], views[i], rng) for i in index.tolist()]
-        losses.append(float(prior_denoising_loss(prior, images[index], captions, generator)))
+        texts = []
+        for i in index.tolist():
+            description = descriptions[i]
+            if captions == "recoloured":
+                description = rng.choice([d for d in of_kind[kinds[i]] if d != description] or [description])
+            described = DESCRIBED if captions == "mixed" else 1.0
+            texts.append(caption_for(kinds[i], description, views[i], rng, described))
+        losses.append(float(prior_denoising_loss(prior, images[index], texts, generator)))
     return float(np.mean(losses))
 
 
