@@ -150,7 +150,7 @@ def colour_name(rgb: tuple[float, float, float]) -> str:
     """The everyday name of an RGB colour in [0, 1]: black, white or grey when it has little hue, else one of
     eight hues (orange darkens to brown)."""
     hue, saturation, value = colorsys.rgb_to_hsv(*rgb)
-    if value - value * (1.0 - saturation) < 0.15:  # max - min: no hue to speak of
+    if value * saturation < 0.15:  # max - min of the channels: no hue to speak of
         return "black" if value < 0.25 else "white" if value > 0.8 else "grey"
     hue *= 360.0
     for name, upper in (("red", 15), ("orange", 45), ("yellow", 70), ("green", 160), ("cyan", 200), ("blue", 260)):

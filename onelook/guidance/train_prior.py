@@ -264,7 +264,7 @@ def held_out_loss(
     images, kinds, descriptions, views = load_renders(synth_dir, prior.image_size)
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    of_kind = {kind: sorted({d for k, d in zip(kinds, descriptions, strict=True) if k == kind}) for kind in kinds}
+    of_kind = {kind: sorted({d for k, d in zip(kinds, descriptions, strict=True) if k == kind}) for kind in set(kinds)}
     losses = []
     for _ in range(batches):
         index = torch.randint(len(images), (batch_size,), generator=generator)

@@ -30,7 +30,7 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 from onelook.cameras.geometry import project, rotation_errors_deg, similarity_align, turn_about_origin
-from onelook.data.synthetic import identity, render
+from onelook.data.synthetic import Render, SynthObject, identity, render
 from onelook.lolnerf.reconstructor import Reconstructor
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim
 
@@ -123,7 +123,7 @@ class SyntheticTruth:
         c2w[:3, 3] = self.rotation.T @ (camera_to_world[:3, 3] - self.translation) / self.scale
         return c2w
 
-    def held_out(self, index: int):
+    def held_out(self, index: int) -> tuple[SynthObject, np.ndarray, Render, np.ndarray]:
         """Held-out identity `index`: the object, its true camera (synthetic world), its photo at the model's
         crop size (a `Render`) and its true keypoints in that photo (K, 2)."""
         seed, category = self.synth["seed"], self.synth.get("category", "heads")
