@@ -93,6 +93,7 @@ class SyntheticTruth:
 
     synth: dict  # synth.json
     transforms: dict  # the prepared folder's transforms.json
+    true_frames: list[dict]  # synth.json's frame of each prepared frame (its truth), in the same order
     true_mean: np.ndarray  # (K, 3) the training images' mean true keypoints
     scale: float  # model frame -> synthetic world: x -> scale * rotation @ x + translation
     rotation: np.ndarray
@@ -105,16 +106,12 @@ class SyntheticTruth:
         synth = json.loads((Path(synth_dir) / "synth.json").read_text())
         transforms = json.loads((Path(data_dir) / "transforms.json").read_text())
         by_file = {f["file"]: f for f in synth["frames"]}
-        true_mean = np.mean([by_file[f["source"]]["keypoints_3d"] for f in transforms["frames"]], axis=0)
+        true_frames = [by_file[f["source"]] for f in transforms["frames"]]
+        true_mean = np.mean([f["keypoints_3d"] for f in true_frames], axis=0)
         similarity = similarity_align(recon.canonical_keypoints, true_mean)
         size = recon.model.crop.size
         focal = synth["focal_length"] * size / synth["image_size"][0]
-        return cls(synth, transforms, true_mean, *similarity, focal, size)
-
-    def true_cameras(self) -> np.ndarray:
-        """(N, 4, 4) the true camera of every prepared frame, synthetic world."""
-        by_file = {f["file"]: f for f in self.synth["frames"]}
-        return np.array([by_file[f["source"]]["camera_to_world"] for f in self.transforms["frames"]])
+        return cls(synth, transforms, true_frames, true_mean, *similarity, focal, size)
 
     def to_model(self, camera_to_world: np.ndarray) -> np.ndarray:
         """A camera of the synthetic world in the model's frame."""
@@ -164,7 +161,9 @@ def evaluate(
     scale, rotation, translation, true_focal = truth.scale, truth.rotation, truth.translation, truth.focal
     train_c2w = np.array([f["transform_matrix"] for f in frames])
     canonical = np.array(truth.transforms["canonical_keypoints"])
-    train_rotation = rotation_errors_deg(train_c2w, truth.true_cameras(), canonical, truth.true_mean)
+    train_rotation = rotation_errors_deg(
+        train_c2w, np.array([f["camera_to_world"] for f in truth.true_frames]), canonical, truth.true_mean
+    )
     train_focal_ratio = float(np.median([f["fl_x"] for f in frames])) / true_focal
 
     # 2-4. Held-out identities.
