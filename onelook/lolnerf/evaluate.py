@@ -32,7 +32,7 @@ from tqdm import tqdm
 from onelook.cameras.geometry import project, rotation_errors_deg, similarity_align, turn_about_origin
 from onelook.data.synthetic import Render, SynthObject, identity, render
 from onelook.lolnerf.reconstructor import Reconstructor
-from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim
+from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
 
 DEFAULT_ANGLES = ((-30.0, 0.0), (30.0, 0.0), (0.0, -15.0), (0.0, 15.0))
 
@@ -214,8 +214,8 @@ def evaluate(
         except ValueError:  # no surface at all: the worst case, counted as the object's size
             chamfers.append(1.0)
             continue
-        predicted = scale * mesh.sample(20000) @ rotation.T + translation
-        true_points = np.asarray(true_mesh.sample_points_uniformly(20000).points)
+        predicted = scale * surface_points(mesh.vertices, mesh.faces) @ rotation.T + translation
+        true_points = surface_points(true_mesh.vertices, true_mesh.triangles)
         chamfers.append(chamfer_and_fscore(predicted, true_points, 0.05 * object_size)[0] / object_size)
 
     fit_rotation = rotation_errors_deg(

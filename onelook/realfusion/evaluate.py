@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import trimesh
 from PIL import Image
 from tqdm import tqdm
 
@@ -27,7 +26,7 @@ from onelook.data.object_family import (
     front_photo,
     render_orbit_view,
 )
-from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim
+from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
 from onelook.realfusion.result import RealFusionResult
 from onelook.realfusion.train import QUALITY, Quality, train_realfusion
 
@@ -60,9 +59,10 @@ def score(result: RealFusionResult, thing, size: int, mesh_resolution: int) -> t
         depth_errors.append(float(errors.mean()) / OBJECT_SIZE)
     metrics["depth_error"] = float(np.mean(depth_errors))
     true = thing.mesh()
-    true_points = _surface_points(trimesh.Trimesh(np.asarray(true.vertices), np.asarray(true.triangles)))
+    true_points = surface_points(true.vertices, true.triangles, SURFACE_SAMPLES)
     try:
-        predicted = _surface_points(result.mesh(resolution=mesh_resolution))
+        mesh = result.mesh(resolution=mesh_resolution)
+        predicted = surface_points(mesh.vertices, mesh.faces, SURFACE_SAMPLES)
         chamfer, fscore = chamfer_and_fscore(predicted, true_points, FSCORE_THRESHOLD * OBJECT_SIZE)
         metrics["chamfer"], metrics["fscore"] = chamfer / OBJECT_SIZE, fscore
     except ValueError:  # no surface at all
@@ -121,11 +121,6 @@ def evaluate_realfusion(
         out / "contact_sheet.png"
     )
     return report
-
-
-def _surface_points(mesh: trimesh.Trimesh) -> np.ndarray:
-    """SURFACE_SAMPLES points uniformly on the surface, the same ones every run."""
-    return np.asarray(trimesh.sample.sample_surface(mesh, SURFACE_SAMPLES, seed=0)[0])
 
 
 def _mean(metrics: list[dict]) -> dict[str, float | None]:
