@@ -153,7 +153,8 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
 def _train_prior(args: argparse.Namespace) -> int:
     from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, sample_grid, train_prior
 
-    given = {name: getattr(args, name) for name in ("image_size", "vae_steps", "unet_steps", "batch_size", "seed")}
+    options = ("image_size", "vae_steps", "unet_steps", "batch_size", "seed", "prediction_type")
+    given = {name: getattr(args, name) for name in options}
     config = PriorTrainingConfig(**{name: value for name, value in given.items() if value is not None})
     folder = train_prior(args.synth_dir, args.out, config)
     print(f"prior written to {folder} (use it with --sd-model {folder} or --pipeline.model.sd-model {folder})")
@@ -333,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Unset: `onelook.guidance.train_prior.PriorTrainingConfig`'s defaults.
     for option in ("--image-size", "--vae-steps", "--unet-steps", "--batch-size", "--seed"):
         tp.add_argument(option, type=int, help="default: PriorTrainingConfig's")
+    tp.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        help="what the UNet learns to predict (default: epsilon, as SD 1.x; v_prediction as SD 2.x 768)",
+    )
     tp.set_defaults(func=_train_prior)
 
     evr = sub.add_parser(

@@ -65,6 +65,21 @@ def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path
         assert 0 < held_out_loss(folder, renders, batches=2, batch_size=4, captions=captions) < 10
     with pytest.raises(ValueError, match="captions must be"):
         held_out_loss(folder, renders, captions="colourless")
+    # Resuming must not change what the weights so far were trained for.
+    config.prediction_type = "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type 'epsilon' -> 'v_prediction'"):
+        train_prior(renders, folder, config, show_progress=False)
+
+
+@pytest.mark.slow
+def test_a_v_prediction_prior_is_read_as_one(renders, tmp_path):
+    config = PriorTrainingConfig(image_size=16, vae_steps=1, unet_steps=2, batch_size=4, prediction_type="v_prediction")
+    folder = train_prior(renders, tmp_path / "prior", config, show_progress=False)
+    prior = StableDiffusionPrior.load(folder, device="cpu")
+    assert prior.prediction_type == "v_prediction"
+    assert 0 < held_out_loss(folder, renders, batches=1, batch_size=4) < 10
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        train_prior(renders, tmp_path / "other", PriorTrainingConfig(prediction_type="sample"), show_progress=False)
 
 
 def test_train_prior_refuses_a_folder_of_other_renders(tmp_path):

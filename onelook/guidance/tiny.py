@@ -38,8 +38,9 @@ class SmallSDSizes:
     norm_groups: int = 8
 
 
-def small_stable_diffusion(tokenizer, sizes: SmallSDSizes):
-    """Randomly initialised (text encoder, UNet, VAE, scheduler) of the given sizes, with SD 1.x's schedule."""
+def small_stable_diffusion(tokenizer, sizes: SmallSDSizes, prediction_type: str = "epsilon"):
+    """Randomly initialised (text encoder, UNet, VAE, scheduler) of the given sizes, with SD 1.x's schedule; the
+    UNet to be trained to predict `prediction_type` ("epsilon" or "v_prediction")."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -80,7 +81,12 @@ def small_stable_diffusion(tokenizer, sizes: SmallSDSizes):
         sample_size=sizes.image_size,
     )
     scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000, clip_sample=False
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        clip_sample=False,
+        prediction_type=prediction_type,
     )
     return text_encoder, unet, vae, scheduler
 

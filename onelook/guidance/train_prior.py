@@ -33,6 +33,7 @@ from onelook.guidance.tiny import SmallSDSizes, byte_vocab, save_stable_diffusio
 
 REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
 CAPTION_DROPOUT = 0.1
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what `StableDiffusionPrior` reads
 DESCRIBED = 0.5  # the share of captions that name the object's colours and parts, not only its kind
 POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes with a sample, the UNet learns on means
 
@@ -53,6 +54,9 @@ class PriorTrainingConfig:
     """AdamW learning rate of the UNet and the text encoder."""
     kl_weight: float = 1e-6
     """Weight of the VAE's KL term against its reconstruction loss, both per image (Stable Diffusion's)."""
+    prediction_type: str = "epsilon"
+    """What the UNet learns to predict: "epsilon" (SD 1.x) or "v_prediction" (SD 2.x 768), whose loss weighs
+    the large timesteps, where an image's colours and layout are decided, about 1/SNR times more."""
     checkpoint_every: int = 500
     """Steps between checkpoints; an interrupted run resumes from the last one."""
     seed: int = 0
@@ -163,8 +167,11 @@ def train_prior(
     """Trains (or resumes) the prior on the renders in `synth_dir`; writes the diffusers folder `out`."""
 
     config = config or PriorTrainingConfig()
+    if config.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {config.prediction_type!r}")
     out, work = Path(out), Path(out) / "training"
     work.mkdir(parents=True, exist_ok=True)
+    _check_resumable(work, config)
     torch.manual_seed(config.seed)
     images, kinds, descriptions, views = load_renders(synth_dir, config.image_size)
     texts = (*TEMPLATES, REALFUSION_TEMPLATE, *kinds, *set(descriptions), *views)
@@ -176,7 +183,7 @@ def train_prior(
     else:
         tokenizer = word_tokenizer(words, work / "tokenizer")
     text_encoder, unet, vae, scheduler = small_stable_diffusion(
-        tokenizer, SmallSDSizes(config.image_size, **PRIOR_SIZES)
+        tokenizer, SmallSDSizes(config.image_size, **PRIOR_SIZES), config.prediction_type
     )
     pixels = 2.0 * images - 1.0
 
@@ -237,14 +244,31 @@ def train_prior(
     return out
 
 
+def _check_resumable(work: Path, config: PriorTrainingConfig) -> None:
+    """Records what a run's weights depend on in `work`; a resumed run must not change it (more steps may)."""
+    fixed = {name: getattr(config, name) for name in ("image_size", "prediction_type", "seed")}
+    record = work / "fixed_settings.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        changed = {name: (before[name], value) for name, value in fixed.items() if before.get(name, value) != value}
+        if changed:
+            details = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+            raise ValueError(f"{work.parent} was trained with other settings ({details}): resume with the same ones")
+    record.write_text(json.dumps(fixed))
+
+
 def denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, generator) -> torch.Tensor:
-    """The epsilon-prediction loss at uniformly drawn timesteps (what Stable Diffusion is trained on)."""
+    """The denoising loss at uniformly drawn timesteps (what Stable Diffusion is trained on), against the noise
+    or the velocity, as the scheduler's `prediction_type` says."""
     tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
     text = text_encoder(tokens.input_ids)[0]
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
+    target = (
+        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    )
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, target)
 
 
 @torch.no_grad()
