@@ -141,8 +141,18 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_realfusion(args: argparse.Namespace) -> int:
     from onelook.realfusion.evaluate import evaluate_realfusion
 
+    given = {"guidance_scale": args.guidance_scale, "sds_loss_weight": args.sds_weight}
+    if args.t_max is not None:
+        given["t_range"] = (0.02, args.t_max)
     report = evaluate_realfusion(
-        args.prior, args.objects, args.seed, args.out, args.quality, tuple(args.variants), args.device
+        args.prior,
+        args.objects,
+        args.seed,
+        args.out,
+        args.quality,
+        tuple(args.variants),
+        args.device,
+        sds_options={name: value for name, value in given.items() if value is not None},
     )
     for variant, metrics in report["means"].items():
         print(variant, " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=none" for k, v in metrics.items()))
@@ -359,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=["reference_only", "class_word", "realfusion"],
         help="any of reference_only, class_word, realfusion (default: all three)",
     )
+    # Unset: `RealFusionModelConfig`'s defaults (RealFusion's for Stable Diffusion 1.5).
+    evr.add_argument("--guidance-scale", type=float, help="score distillation's guidance scale (default 100)")
+    evr.add_argument("--sds-weight", type=float, help="weight of score distillation (default 1)")
+    evr.add_argument("--t-max", type=float, help="largest timestep drawn, a fraction of the schedule (default 0.98)")
     evr.add_argument("--device")
     evr.set_defaults(func=_eval_realfusion)
     return parser

@@ -21,7 +21,7 @@ from onelook.data.object_family import (
     render_orbit_view,
 )
 from onelook.metrics import chamfer_and_fscore
-from onelook.realfusion.evaluate import VARIANTS
+from onelook.realfusion.evaluate import VARIANTS, evaluate_realfusion
 
 METRICS = {"psnr_90", "psnr_180", "psnr_270", "psnr_overhead", "ssim_180", "depth_error", "chamfer", "fscore"}
 
@@ -116,13 +116,15 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
     out = tmp_path / "eval"
     done = subprocess.run(
         [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", str(tiny_sd), "--objects", "2"]
-        + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"],
+        + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"]
+        + ["--guidance-scale", "1", "--sds-weight", "0.01", "--t-max", "0.5"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
+    assert report["sds_options"] == {"guidance_scale": 1.0, "sds_loss_weight": 0.01, "t_range": [0.02, 0.5]}
     assert set(report["means"]) == set(VARIANTS)
     assert [row["name"] for row in report["objects"]] == [f"7-{i:03d}-{family_object(7, i).kind}" for i in range(2)]
     for row in report["objects"]:
@@ -142,3 +144,9 @@ def test_eval_realfusion_names_a_bad_variant(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "unknown variants ['sds_only']" in done.stderr
+
+
+def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):
+    with pytest.raises(ValueError, match=r"no options \['guidence_scale'\]"):
+        evaluate_realfusion("x", 1, 0, tmp_path, sds_options={"guidence_scale": 1.0})
+    assert not (tmp_path / "metrics.json").exists()

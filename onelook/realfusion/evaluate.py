@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,7 @@ from onelook.data.object_family import (
     render_orbit_view,
 )
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
+from onelook.models.realfusion import RealFusionModelConfig
 from onelook.realfusion.result import RealFusionResult
 from onelook.realfusion.train import QUALITY, Quality, train_realfusion
 
@@ -79,10 +81,13 @@ def evaluate_realfusion(
     variants: tuple[str, ...] = VARIANTS,
     device: str | None = None,
     show_progress: bool = True,
+    sds_options: dict[str, Any] | None = None,
 ) -> dict:
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
-    `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth)."""
+    `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth).
+    `sds_options` set fields of the score-distilled variants' model config (e.g. `{"guidance_scale": 1.0}`:
+    a prior trained here is scored at the settings that suit it, not SD 1.5's)."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -92,7 +97,11 @@ def evaluate_realfusion(
         quality = QUALITY[quality]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"reference_only": {"sds_loss_weight": 0.0}, "realfusion": {}}
+    sds_options = dict(sds_options or {})
+    unknown = {name for name in sds_options if not hasattr(RealFusionModelConfig, name)}
+    if unknown:  # before any run: a misspelt option would only fail at the first score-distilled variant
+        raise ValueError(f"RealFusionModelConfig has no options {sorted(unknown)}")
+    options = {"reference_only": {"sds_loss_weight": 0.0}, "realfusion": sds_options}
     size = quality.image_size
     rows, sheet = [], []
     for index in range(objects):
@@ -101,7 +110,7 @@ def evaluate_realfusion(
         photo = front_photo(thing, size)
         row, strip = {"name": name}, [photo.rgb / 255.0]
         for variant in variants:
-            model_options = options.get(variant, {"class_word": thing.kind})
+            model_options = options.get(variant, {**sds_options, "class_word": thing.kind})
             steps = train_realfusion(
                 photo, out / name / variant, quality, prior, seed=seed, device=device, model_options=model_options
             )
@@ -115,7 +124,8 @@ def evaluate_realfusion(
         rows.append(row)
         sheet.append(np.concatenate(strip, axis=1))
     means = {variant: _mean([row[variant] for row in rows]) for variant in variants}
-    report = {"prior": prior, "seed": seed, "quality": quality.__dict__, "means": means, "objects": rows}
+    report = {"prior": prior, "seed": seed, "quality": quality.__dict__, "sds_options": sds_options}
+    report |= {"means": means, "objects": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     Image.fromarray((np.clip(np.concatenate(sheet), 0, 1) * 255).round().astype(np.uint8)).save(
         out / "contact_sheet.png"
