@@ -153,6 +153,7 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
         tuple(args.variants),
         args.device,
         sds_options={name: value for name, value in given.items() if value is not None},
+        runs=args.runs,
     )
     for variant, metrics in report["means"].items():
         print(variant, " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=none" for k, v in metrics.items()))
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["reference_only", "class_word", "realfusion"],
         help="any of reference_only, class_word, realfusion (default: all three)",
+    )
+    evr.add_argument(
+        "--runs", type=int, default=1, help="training runs per object and variant, seeds S, S+1, ... (default 1)"
     )
     # Unset: `RealFusionModelConfig`'s defaults (RealFusion's for Stable Diffusion 1.5).
     evr.add_argument("--guidance-scale", type=float, help="score distillation's guidance scale (default 100)")

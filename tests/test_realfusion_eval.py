@@ -150,3 +150,18 @@ def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):
     with pytest.raises(ValueError, match=r"no options \['guidence_scale'\]"):
         evaluate_realfusion("x", 1, 0, tmp_path, sds_options={"guidence_scale": 1.0})
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_realfusion_averages_runs_with_their_own_seeds(tmp_path):
+    report = evaluate_realfusion(
+        "unused", 1, 7, tmp_path, "preview", ("reference_only",), "cpu", show_progress=False, runs=2
+    )
+    row = report["objects"][0]
+    first, second = row["runs"]["reference_only"]
+    assert first != second  # seeds 7 and 8: the unseen sides differ
+    for key in METRICS:
+        assert row["reference_only"][key] == pytest.approx((first[key] + second[key]) / 2)
+    assert report["means"]["reference_only"] == row["reference_only"] and report["runs"] == 2
+    with pytest.raises(ValueError, match="runs must be at least 1"):
+        evaluate_realfusion("unused", 1, 7, tmp_path, runs=0)

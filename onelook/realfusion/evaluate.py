@@ -82,15 +82,20 @@ def evaluate_realfusion(
     device: str | None = None,
     show_progress: bool = True,
     sds_options: dict[str, Any] | None = None,
+    runs: int = 1,
 ) -> dict:
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
     `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth).
     `sds_options` set fields of the score-distilled variants' model config (e.g. `{"guidance_scale": 1.0}`:
-    a prior trained here is scored at the settings that suit it, not SD 1.5's)."""
+    a prior trained here is scored at the settings that suit it, not SD 1.5's). `runs` > 1 trains each variant
+    that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
+    are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
     if isinstance(quality, str):
         if quality not in QUALITY:
             raise ValueError(f"unknown quality {quality!r}; choose from {', '.join(QUALITY)}")
@@ -109,22 +114,33 @@ def evaluate_realfusion(
         name = f"{seed}-{index:03d}-{thing.kind}"
         photo = front_photo(thing, size)
         row, strip = {"name": name}, [photo.rgb / 255.0]
+        if runs > 1:
+            row["runs"] = {}
         for variant in variants:
             model_options = options.get(variant, {**sds_options, "class_word": thing.kind})
-            steps = train_realfusion(
-                photo, out / name / variant, quality, prior, seed=seed, device=device, model_options=model_options
-            )
-            with tqdm(desc=f"{index + 1}/{objects} {name} {variant}", disable=not show_progress) as bar:
-                for step in steps:
-                    bar.total, bar.n = step.total, step.step
-                    bar.set_postfix_str(step.stage, refresh=True)
-            row[variant], renders = score(step.result, thing, size, quality.mesh_resolution)
-            strip += renders
+            scores = []
+            for run in range(runs):  # training seeds seed, seed + 1, ...: the unseen sides vary with them
+                folder = out / name / variant / (f"run{run}" if runs > 1 else "")
+                steps = train_realfusion(
+                    photo, folder, quality, prior, seed=seed + run, device=device, model_options=model_options
+                )
+                label = f"{index + 1}/{objects} {name} {variant}" + (f" run {run + 1}/{runs}" if runs > 1 else "")
+                with tqdm(desc=label, disable=not show_progress) as bar:
+                    for step in steps:
+                        bar.total, bar.n = step.total, step.step
+                        bar.set_postfix_str(step.stage, refresh=True)
+                metrics, renders = score(step.result, thing, size, quality.mesh_resolution)
+                scores.append(metrics)
+                if run == 0:  # the contact sheet shows the first run
+                    strip += renders
+            row[variant] = _mean(scores)
+            if runs > 1:
+                row["runs"][variant] = scores
         strip += [render_orbit_view(thing, *view, size)[0].rgb for view in VIEWS.values()]
         rows.append(row)
         sheet.append(np.concatenate(strip, axis=1))
     means = {variant: _mean([row[variant] for row in rows]) for variant in variants}
-    report = {"prior": prior, "seed": seed, "quality": quality.__dict__, "sds_options": sds_options}
+    report = {"prior": prior, "seed": seed, "runs": runs, "quality": quality.__dict__, "sds_options": sds_options}
     report |= {"means": means, "objects": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     Image.fromarray((np.clip(np.concatenate(sheet), 0, 1) * 255).round().astype(np.uint8)).save(
