@@ -139,11 +139,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_realfusion(args: argparse.Namespace) -> int:
+    from onelook.models.realfusion import RealFusionModelConfig
     from onelook.realfusion.evaluate import evaluate_realfusion
 
     given = {"guidance_scale": args.guidance_scale, "sds_loss_weight": args.sds_weight}
     if args.t_max is not None:
-        given["t_range"] = (0.02, args.t_max)
+        given["t_range"] = (RealFusionModelConfig.t_range[0], args.t_max)
     report = evaluate_realfusion(
         args.prior,
         args.objects,
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         tp.add_argument(option, type=int, help="default: PriorTrainingConfig's")
     tp.add_argument(
         "--prediction-type",
-        choices=("epsilon", "v_prediction"),
+        choices=("epsilon", "v_prediction"),  # stable_diffusion.PREDICTION_TYPES (not imported: torch at start-up)
         help="what the UNet learns to predict (default: epsilon, as SD 1.x; v_prediction as SD 2.x 768)",
     )
     tp.set_defaults(func=_train_prior)

@@ -19,6 +19,8 @@ from onelook.guidance.prior import DiffusionPrior
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet may be trained to output, and this module reads
+
 _SHARED: dict[tuple, StableDiffusionPrior] = {}  # shared_prior's priors, by their settings
 
 
@@ -75,7 +77,7 @@ class StableDiffusionPrior(DiffusionPrior):
         self.device = unet.device
         self.dtype = unet.dtype
         self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
+        if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"{source}: the scheduler's prediction_type {self.prediction_type!r} is not supported "
                 "(epsilon and v_prediction are)"
@@ -173,13 +175,19 @@ class StableDiffusionPrior(DiffusionPrior):
 
     def training_target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """What the UNet is trained to output for `add_noise(latents, noise, timesteps)` (textual inversion)."""
-        if self.prediction_type == "epsilon":
-            return noise
-        return self.scheduler.get_velocity(latents, noise, timesteps)
+        return denoising_target(self.scheduler, latents, noise, timesteps)
 
     def predict_raw(self, noisy: Tensor, timesteps: Tensor, text: Tensor) -> Tensor:
         """The UNet's own output (epsilon or v, as the model was trained)."""
         return self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
+
+
+def denoising_target(scheduler, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+    """What a UNet with this diffusers `scheduler` is trained to output for `scheduler.add_noise(latents, noise,
+    timesteps)`: the noise, or the velocity, as the scheduler's `prediction_type` says."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    return scheduler.get_velocity(latents, noise, timesteps)
 
 
 def shared_prior(model: str | Path, device: str | torch.device, **settings) -> StableDiffusionPrior:

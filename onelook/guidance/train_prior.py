@@ -28,12 +28,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from onelook.guidance.stable_diffusion import PREDICTION_TYPES, StableDiffusionPrior, denoising_target
 from onelook.guidance.textual_inversion import TEMPLATES
 from onelook.guidance.tiny import SmallSDSizes, byte_vocab, save_stable_diffusion, small_stable_diffusion
 
 REALFUSION_TEMPLATE = "a high-resolution DSLR image of a {}"  # RealFusionModelConfig.prompt's wording
 CAPTION_DROPOUT = 0.1
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # what `StableDiffusionPrior` reads
 DESCRIBED = 0.5  # the share of captions that name the object's colours and parts, not only its kind
 POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes with a sample, the UNet learns on means
 
@@ -265,9 +265,7 @@ def denoising_loss(unet, text_encoder, tokenizer, scheduler, latents, captions, 
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = (
-        noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    )
+    target = denoising_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, target)
 
 
@@ -279,7 +277,6 @@ def held_out_loss(
     and scored the way RealFusion loads and textual inversion scores Stable Diffusion. `captions`: "mixed" as
     in training (the object in words or its kind), "own" (every render by its own colours), "recoloured" (by
     another object's words of the same kind): "own" below "recoloured" is what the prior reads of colours."""
-    from onelook.guidance.stable_diffusion import StableDiffusionPrior
     from onelook.guidance.textual_inversion import denoising_loss as prior_denoising_loss
 
     if captions not in ("mixed", "own", "recoloured"):
