@@ -142,9 +142,14 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
     from onelook.models.realfusion import RealFusionModelConfig
     from onelook.realfusion.evaluate import evaluate_realfusion
 
-    given = {"guidance_scale": args.guidance_scale, "sds_loss_weight": args.sds_weight}
+    given = {
+        "guidance_scale": args.guidance_scale,
+        "sds_loss_weight": args.sds_weight,
+        "albedo_steps": args.albedo_steps,
+    }
     if args.t_max is not None:
         given["t_range"] = (RealFusionModelConfig.t_range[0], args.t_max)
+    views = {"prior_distance_range": args.prior_view_distance, "prior_fov_range": args.prior_view_fov}
     report = evaluate_realfusion(
         args.prior,
         args.objects,
@@ -155,6 +160,7 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
         args.device,
         sds_options={name: value for name, value in given.items() if value is not None},
         runs=args.runs,
+        view_options={name: tuple(value) for name, value in views.items() if value is not None},
     )
     for variant, metrics in report["means"].items():
         print(variant, " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=none" for k, v in metrics.items()))
@@ -378,6 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
     evr.add_argument("--guidance-scale", type=float, help="score distillation's guidance scale (default 100)")
     evr.add_argument("--sds-weight", type=float, help="weight of score distillation (default 1)")
     evr.add_argument("--t-max", type=float, help="largest timestep drawn, a fraction of the schedule (default 0.98)")
+    evr.add_argument(
+        "--albedo-steps", type=int, help="steps of plain albedo before shading (default: a fifth of the run)"
+    )
+    evr.add_argument(
+        "--prior-view-distance",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="distance range of the random views' cameras (default 1.0 1.5, as for Stable Diffusion)",
+    )
+    evr.add_argument(
+        "--prior-view-fov",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="field-of-view range of the random views, degrees (default 40 70)",
+    )
     evr.add_argument("--device")
     evr.set_defaults(func=_eval_realfusion)
     return parser

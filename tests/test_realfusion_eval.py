@@ -117,14 +117,17 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
     done = subprocess.run(
         [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", str(tiny_sd), "--objects", "2"]
         + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"]
-        + ["--guidance-scale", "1", "--sds-weight", "0.01", "--t-max", "0.5"],
+        + ["--guidance-scale", "1", "--sds-weight", "0.01", "--t-max", "0.5", "--albedo-steps", "10"]
+        + ["--prior-view-distance", "1.7", "1.9", "--prior-view-fov", "50", "60"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
-    assert report["sds_options"] == {"guidance_scale": 1.0, "sds_loss_weight": 0.01, "t_range": [0.02, 0.5]}
+    sds = {"guidance_scale": 1.0, "sds_loss_weight": 0.01, "albedo_steps": 10, "t_range": [0.02, 0.5]}
+    assert report["sds_options"] == sds
+    assert report["view_options"] == {"prior_distance_range": [1.7, 1.9], "prior_fov_range": [50.0, 60.0]}
     assert set(report["means"]) == set(VARIANTS)
     assert [row["name"] for row in report["objects"]] == [f"7-{i:03d}-{family_object(7, i).kind}" for i in range(2)]
     for row in report["objects"]:
@@ -149,6 +152,8 @@ def test_eval_realfusion_names_a_bad_variant(tmp_path):
 def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):
     with pytest.raises(ValueError, match=r"no options \['guidence_scale'\]"):
         evaluate_realfusion("x", 1, 0, tmp_path, sds_options={"guidence_scale": 1.0})
+    with pytest.raises(ValueError, match=r"no options \['prior_distance'\]"):
+        evaluate_realfusion("x", 1, 0, tmp_path, view_options={"prior_distance": (1.8, 1.8)})
     assert not (tmp_path / "metrics.json").exists()
 
 

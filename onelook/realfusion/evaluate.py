@@ -27,6 +27,7 @@ from onelook.data.object_family import (
     front_photo,
     render_orbit_view,
 )
+from onelook.data.prior_views import PriorViewDataManagerConfig
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
 from onelook.models.realfusion import RealFusionModelConfig
 from onelook.realfusion.result import RealFusionResult
@@ -83,12 +84,14 @@ def evaluate_realfusion(
     show_progress: bool = True,
     sds_options: dict[str, Any] | None = None,
     runs: int = 1,
+    view_options: dict[str, Any] | None = None,
 ) -> dict:
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
     `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth).
     `sds_options` set fields of the score-distilled variants' model config (e.g. `{"guidance_scale": 1.0}`:
-    a prior trained here is scored at the settings that suit it, not SD 1.5's). `runs` > 1 trains each variant
+    a prior trained here is scored at the settings that suit it, not SD 1.5's); `view_options` set fields of
+    their random views' datamanager config (e.g. `{"prior_distance_range": (1.8, 1.8)}`). `runs` > 1 trains each variant
     that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
     are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed."""
     unknown = set(variants) - set(VARIANTS)
@@ -106,6 +109,10 @@ def evaluate_realfusion(
     unknown = {name for name in sds_options if not hasattr(RealFusionModelConfig, name)}
     if unknown:  # before any run: a misspelt option would only fail at the first score-distilled variant
         raise ValueError(f"RealFusionModelConfig has no options {sorted(unknown)}")
+    view_options = dict(view_options or {})
+    unknown = {name for name in view_options if not hasattr(PriorViewDataManagerConfig, name)}
+    if unknown:
+        raise ValueError(f"PriorViewDataManagerConfig has no options {sorted(unknown)}")
     options = {"reference_only": {"sds_loss_weight": 0.0}, "realfusion": sds_options}
     size = quality.image_size
     rows, sheet = [], []
@@ -122,7 +129,14 @@ def evaluate_realfusion(
             for run in range(runs):  # training seeds seed, seed + 1, ...: the unseen sides vary with them
                 folder = out / name / variant / (f"run{run}" if runs > 1 else "")
                 steps = train_realfusion(
-                    photo, folder, quality, prior, seed=seed + run, device=device, model_options=model_options
+                    photo,
+                    folder,
+                    quality,
+                    prior,
+                    seed=seed + run,
+                    device=device,
+                    model_options=model_options,
+                    datamanager_options=view_options if variant != "reference_only" else None,
                 )
                 label = f"{index + 1}/{objects} {name} {variant}" + (f" run {run + 1}/{runs}" if runs > 1 else "")
                 with tqdm(desc=label, disable=not show_progress) as bar:
@@ -141,6 +155,7 @@ def evaluate_realfusion(
         sheet.append(np.concatenate(strip, axis=1))
     means = {variant: _mean([row[variant] for row in rows]) for variant in variants}
     report = {"prior": prior, "seed": seed, "runs": runs, "quality": quality.__dict__, "sds_options": sds_options}
+    report["view_options"] = view_options
     report |= {"means": means, "objects": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     Image.fromarray((np.clip(np.concatenate(sheet), 0, 1) * 255).round().astype(np.uint8)).save(
