@@ -154,8 +154,8 @@ def evaluate_realfusion(
         rows.append(row)
         sheet.append(np.concatenate(strip, axis=1))
     means = {variant: _mean([row[variant] for row in rows]) for variant in variants}
-    report = {"prior": prior, "seed": seed, "runs": runs, "quality": quality.__dict__, "sds_options": sds_options}
-    report["view_options"] = view_options
+    report = {"prior": prior, "seed": seed, "runs": runs, "quality": quality.__dict__}
+    report |= {"sds_options": sds_options, "view_options": view_options}
     report |= {"means": means, "objects": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     Image.fromarray((np.clip(np.concatenate(sheet), 0, 1) * 255).round().astype(np.uint8)).save(
