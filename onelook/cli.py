@@ -387,20 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     evr.add_argument(
         "--albedo-steps", type=int, help="steps of plain albedo before shading (default: a fifth of the run)"
     )
-    evr.add_argument(
-        "--prior-view-distance",
-        type=float,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        help="distance range of the random views' cameras (default 1.0 1.5, as for Stable Diffusion)",
-    )
-    evr.add_argument(
-        "--prior-view-fov",
-        type=float,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        help="field-of-view range of the random views, degrees (default 40 70)",
-    )
+    for flag, what in (
+        ("--prior-view-distance", "distance range of the random views' cameras (default 1.0 1.5, SD 1.5's)"),
+        ("--prior-view-fov", "field-of-view range of the random views, degrees (default 40 70)"),
+    ):
+        evr.add_argument(flag, type=float, nargs=2, metavar=("MIN", "MAX"), help=what)
     evr.add_argument("--device")
     evr.set_defaults(func=_eval_realfusion)
     return parser

@@ -22,6 +22,7 @@ from onelook.data.object_family import (
 )
 from onelook.metrics import chamfer_and_fscore
 from onelook.realfusion.evaluate import VARIANTS, evaluate_realfusion
+from onelook.realfusion.train import QUALITY, train_realfusion
 
 METRICS = {"psnr_90", "psnr_180", "psnr_270", "psnr_overhead", "ssim_180", "depth_error", "chamfer", "fscore"}
 
@@ -155,6 +156,10 @@ def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):
     with pytest.raises(ValueError, match=r"no options \['prior_distance'\]"):
         evaluate_realfusion("x", 1, 0, tmp_path, view_options={"prior_distance": (1.8, 1.8)})
     assert not (tmp_path / "metrics.json").exists()
+    # train_realfusion refuses them the same way, all named, before anything is prepared
+    steps = train_realfusion(tmp_path / "photo.png", tmp_path, QUALITY["preview"], "x", model_options={"b": 1, "a": 2})
+    with pytest.raises(ValueError, match=r"RealFusionModelConfig has no options \['a', 'b'\]"):
+        next(steps)
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from onelook.data.prior_views import PriorViewDataManagerConfig
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
 from onelook.models.realfusion import RealFusionModelConfig
 from onelook.realfusion.result import RealFusionResult
-from onelook.realfusion.train import QUALITY, Quality, train_realfusion
+from onelook.realfusion.train import QUALITY, Quality, check_options, train_realfusion
 
 VARIANTS = ("reference_only", "class_word", "realfusion")
 VIEWS = {
@@ -91,8 +91,8 @@ def evaluate_realfusion(
     `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth).
     `sds_options` set fields of the score-distilled variants' model config (e.g. `{"guidance_scale": 1.0}`:
     a prior trained here is scored at the settings that suit it, not SD 1.5's); `view_options` set fields of
-    their random views' datamanager config (e.g. `{"prior_distance_range": (1.8, 1.8)}`). `runs` > 1 trains each variant
-    that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
+    the random views' datamanager config (e.g. `{"prior_distance_range": (1.8, 1.8)}`). `runs` > 1 trains each
+    variant that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
     are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -105,14 +105,10 @@ def evaluate_realfusion(
         quality = QUALITY[quality]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sds_options = dict(sds_options or {})
-    unknown = {name for name in sds_options if not hasattr(RealFusionModelConfig, name)}
-    if unknown:  # before any run: a misspelt option would only fail at the first score-distilled variant
-        raise ValueError(f"RealFusionModelConfig has no options {sorted(unknown)}")
-    view_options = dict(view_options or {})
-    unknown = {name for name in view_options if not hasattr(PriorViewDataManagerConfig, name)}
-    if unknown:
-        raise ValueError(f"PriorViewDataManagerConfig has no options {sorted(unknown)}")
+    sds_options, view_options = dict(sds_options or {}), dict(view_options or {})
+    # Before any run: a misspelt option would only fail at the first score-distilled variant.
+    check_options(RealFusionModelConfig, sds_options)
+    check_options(PriorViewDataManagerConfig, view_options)
     options = {"reference_only": {"sds_loss_weight": 0.0}, "realfusion": sds_options}
     size = quality.image_size
     rows, sheet = [], []
@@ -136,7 +132,7 @@ def evaluate_realfusion(
                     seed=seed + run,
                     device=device,
                     model_options=model_options,
-                    datamanager_options=view_options if variant != "reference_only" else None,
+                    datamanager_options=view_options,  # random views only: the reference view alone ignores them
                 )
                 label = f"{index + 1}/{objects} {name} {variant}" + (f" run {run + 1}/{runs}" if runs > 1 else "")
                 with tqdm(desc=label, disable=not show_progress) as bar:

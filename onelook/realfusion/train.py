@@ -103,9 +103,8 @@ def train_realfusion(
     if device == "cpu":
         model.implementation = "torch"
     for target, options in ((model, model_options), (datamanager, datamanager_options)):
+        check_options(target, options or {})
         for name, value in (options or {}).items():
-            if not hasattr(target, name):
-                raise ValueError(f"{type(target).__name__} has no option {name!r}")
             setattr(target, name, value)
 
     yield TrainingUpdate("preparing", 0, quality.iterations)
@@ -131,6 +130,14 @@ def train_realfusion(
             yield TrainingUpdate("training", step, quality.iterations)
     result = RealFusionResult.from_model(pipeline.model, datamanager.dataparser)
     yield TrainingUpdate("done", quality.iterations, quality.iterations, result)
+
+
+def check_options(config: object, options: dict[str, Any]) -> None:
+    """Refuses, naming them all, the `options` that `config` (a config or its class) has no field for."""
+    unknown = sorted(name for name in options if not hasattr(config, name))
+    if unknown:
+        kind = config if isinstance(config, type) else type(config)
+        raise ValueError(f"{kind.__name__} has no options {unknown}")
 
 
 def _prepare_prior(model, quality: Quality, seed: int, out: Path) -> Iterator[TrainingUpdate]:
