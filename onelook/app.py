@@ -1,8 +1,9 @@
 """The onelook demo: upload a photo, see the preprocessing, reconstruct it in 3D, view and download it.
 
 Two tabs: "Any object" (RealFusion, a diffusion prior) and "Faces and other categories" (LOLNeRF, a trained
-category model). Models come from command-line flags or environment variables; nothing is downloaded by the
-app itself, and a tab whose model is missing says what to set while the rest of the app works.
+category model). Models come from command-line flags or environment variables, else the packaged ones (a small
+object prior trained on onelook's synthetic objects, a LOLNeRF model of its synthetic heads); nothing is
+downloaded by the app itself, and a tab whose model is missing says what to set while the rest of the app works.
 
 Every reconstruction (both tabs, and the interpolation) runs in one worker process (`onelook.worker`,
 `onelook.app_jobs`), one at a time: Stop kills that process at once and a fresh one starts; a crash or an
@@ -31,16 +32,11 @@ import gradio as gr
 import numpy as np
 import torch
 
-from onelook.app_jobs import (
-    DEMO_MODEL,
-    EXAMPLES,
-    ExampleKeypoints,
-    face_keypoints,
-    load_reconstructor,
-    load_upload,
-)
+from onelook.app_jobs import ExampleKeypoints, face_keypoints, load_reconstructor, load_upload
+from onelook.assets import DEMO_MODEL, EXAMPLES, OBJECT_EXAMPLES, OBJECT_PRIOR
 from onelook.cameras.geometry import turn_about_origin
 from onelook.data.images import ImageError
+from onelook.data.object_family import KINDS
 from onelook.data.object_image import prepare_object_image
 from onelook.guidance.tiny import build_tiny_stable_diffusion
 from onelook.worker import JobError, JobResult, JobUpdate, WorkerDiedError, WorkerProcess
@@ -53,7 +49,7 @@ PREVIEW_SIZE = 256
 
 @dataclass
 class AppConfig:
-    sd_model: str | None = None  # hub id or folder; None: the "Any object" tab explains what to set
+    sd_model: str | None = None  # hub id or folder (main(): the packaged object prior); None: the tab says what to set
     tiny_prior: bool = False  # sd_model is the tiny test prior (`--prior tiny`)
     lolnerf_run: Path | None = None  # a trained LOLNeRF run; None: the packaged demo model
     output_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "onelook-app")
@@ -224,6 +220,8 @@ def build_demo(config: AppConfig) -> gr.Blocks:
     faces = FaceTab(config)
     jobs = Jobs(config)
     examples = sorted(EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
+    packaged_prior = config.sd_model is not None and Path(config.sd_model) == OBJECT_PRIOR
+    object_examples = sorted(OBJECT_EXAMPLES.glob("*.png")) if OBJECT_EXAMPLES.is_dir() else []
     skip_results = [gr.skip()] * 5  # status updates leave the result components as they are
 
     # Reconstructions: async generators, so that Stop cancels them at once (the worker is killed, not waited on).
@@ -257,6 +255,14 @@ def build_demo(config: AppConfig) -> gr.Blocks:
                 )
             elif config.tiny_prior:
                 gr.Markdown("Running with a **tiny test prior**: the flow works end to end, the 3D is not meaningful.")
+            elif packaged_prior:
+                gr.Markdown(
+                    "Using the packaged **object prior**, a small diffusion model trained on onelook's synthetic "
+                    f"objects ({', '.join(f'{kind}s' for kind in KINDS)}), not on photos: it knows those, so try "
+                    "the examples (objects it never saw; the quick preset takes a few minutes on a CPU). Start the "
+                    "app with `--sd-model stable-diffusion-v1-5/stable-diffusion-v1-5` for any object (a GPU is "
+                    "needed for useful speed)."
+                )
             with gr.Row():
                 with gr.Column():
                     obj_image = gr.File(label="Photo of an object", file_types=["image"], type="filepath")
@@ -269,6 +275,15 @@ def build_demo(config: AppConfig) -> gr.Blocks:
                 with gr.Column():
                     obj_preview = gr.Image(label="What the method will use", interactive=False)
                     obj_status = gr.Textbox(label="Status", interactive=False)
+            if packaged_prior and object_examples:
+                gr.Examples(
+                    [[str(path), 0.75] for path in object_examples],
+                    [obj_image, obj_fraction],
+                    [obj_preview, obj_status],
+                    fn=object_preview,
+                    run_on_click=True,
+                    label="Examples: objects the prior never saw (front photos)",
+                )
             obj_model, obj_video, obj_depth, obj_normals, obj_files = _result_panel()
             for trigger in (obj_image.upload, obj_fraction.release):
                 trigger(object_preview, [obj_image, obj_fraction], [obj_preview, obj_status], api_name=False)
@@ -345,7 +360,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--prior", choices=["tiny"], help="run 'Any object' with a tiny test prior (offline)")
-    parser.add_argument("--sd-model", default=os.environ.get("ONELOOK_SD_MODEL"), help="hub id or local folder")
+    parser.add_argument(
+        "--sd-model",
+        default=os.environ.get("ONELOOK_SD_MODEL"),
+        help="hub id or local folder of a Stable Diffusion model (default: the packaged object prior)",
+    )
     parser.add_argument("--lolnerf-run", type=Path, default=os.environ.get("ONELOOK_LOLNERF_RUN"))
     parser.add_argument("--device", default=os.environ.get("ONELOOK_DEVICE"), help="cpu, cuda, ...")
     return parser.parse_args(argv)
@@ -353,10 +372,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = AppConfig(sd_model=args.sd_model, lolnerf_run=args.lolnerf_run, device=args.device)
+    # An empty ONELOOK_SD_MODEL is no model given, as an unset one.
+    config = AppConfig(sd_model=args.sd_model or None, lolnerf_run=args.lolnerf_run, device=args.device)
     if args.prior == "tiny":
         config.sd_model = str(build_tiny_stable_diffusion(config.output_root.parent / "onelook-tiny-prior"))
         config.tiny_prior = True
+    elif config.sd_model is None and (OBJECT_PRIOR / "unet").is_dir():
+        config.sd_model = str(OBJECT_PRIOR)
     demo = build_demo(config)
     demo.launch(
         server_name=args.host,

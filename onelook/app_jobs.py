@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onelook.assets import DEMO_MODEL, EXAMPLES
 from onelook.data.images import ImageError, LoadedImage, load_image
 from onelook.data.object_image import prepare_object_image
 from onelook.export import export_all
@@ -27,8 +28,6 @@ from onelook.realfusion.train import QUALITY, train_realfusion
 from onelook.runs import UnsafeRunConfigError
 from onelook.worker import JobError, JobResult, JobUpdate
 
-EXAMPLES = Path(__file__).parent / "assets" / "examples"
-DEMO_MODEL = Path(__file__).parent / "assets" / "demo_lolnerf"
 UPLOAD_MAX_SIDE = 2048  # uploads are decoded at most this large (JPEGs straight at a reduced scale)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_realfusion(args: argparse.Namespace) -> int:
+    from onelook.assets import OBJECT_PRIOR
     from onelook.models.realfusion import RealFusionModelConfig
     from onelook.realfusion.evaluate import evaluate_realfusion
 
@@ -147,11 +149,18 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
         "sds_loss_weight": args.sds_weight,
         "albedo_steps": args.albedo_steps,
     }
+    for option in args.model_option:
+        name, _, value = option.partition("=")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--model-option {option!r}: give NAME=VALUE, VALUE in JSON (e.g. 0.1, true)") from None
+        given[name.replace("-", "_")] = tuple(value) if isinstance(value, list) else value  # ranges are tuples
     if args.t_max is not None:
         given["t_range"] = (RealFusionModelConfig.t_range[0], args.t_max)
     views = {"prior_distance_range": args.prior_view_distance, "prior_fov_range": args.prior_view_fov}
     report = evaluate_realfusion(
-        args.prior,
+        args.prior or str(OBJECT_PRIOR),
         args.objects,
         args.seed,
         args.out,
@@ -365,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
         "RealFusion) and score them against the truth",
     )
     evr.add_argument(
-        "--prior", required=True, help="the diffusion prior: a diffusers folder or hub id (e.g. Stable Diffusion 1.5)"
+        "--prior",
+        help="the diffusion prior: a diffusers folder or hub id (e.g. Stable Diffusion 1.5); default: the packaged "
+        "object prior, trained on this family",
     )
     evr.add_argument("--objects", type=int, default=8, help="objects of the family to reconstruct (default 8)")
     evr.add_argument("--seed", type=int, default=1000, help="the family's seed (default 1000: never trained on)")
@@ -380,12 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     evr.add_argument(
         "--runs", type=int, default=1, help="training runs per object and variant, seeds S, S+1, ... (default 1)"
     )
-    # Unset: `RealFusionModelConfig`'s defaults (RealFusion's for Stable Diffusion 1.5).
+    # Unset: what the prior's folder recommends (`onelook.guidance.prior_settings`), else `RealFusionModelConfig`'s
+    # defaults (RealFusion's for Stable Diffusion 1.5). The defaults below are the latter.
     evr.add_argument("--guidance-scale", type=float, help="score distillation's guidance scale (default 100)")
     evr.add_argument("--sds-weight", type=float, help="weight of score distillation (default 1)")
     evr.add_argument("--t-max", type=float, help="largest timestep drawn, a fraction of the schedule (default 0.98)")
     evr.add_argument(
         "--albedo-steps", type=int, help="steps of plain albedo before shading (default: a fifth of the run)"
+    )
+    evr.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other field of `ns-train realfusion`'s model config for the two prior variants, VALUE in JSON "
+        "(e.g. normal_smoothness_weight=0.1); repeatable",
     )
     for flag, what in (
         ("--prior-view-distance", "distance range of the random views' cameras (default 1.0 1.5, SD 1.5's)"),

@@ -55,11 +55,11 @@ def _masked_psnr(result, thing, azimuth: float, elevation: float, size: int) -> 
 
 @pytest.mark.slow
 def test_realfusion_with_the_exact_prior_rebuilds_the_unseen_sides(tmp_path):
-    """A mug (logo in front, handle behind) from its front photo, 250 steps at 32 px. Measured: reference view
-    alone, novel views 13-14 dB; with the exact prior in pixel space 18-21 dB (back +4.8 dB); with the front
-    and back exemplars swapped (wrong view labels) the back drops to 12.5 dB and the front to 13.8 dB. In the
-    latent space of the VAE `onelook train-prior` trains (TRAINED_VAE), through its encoder as Stable
-    Diffusion's: 16.7-18.1 dB (back +4.7 dB)."""
+    """A mug (logo in front, handle behind) from its front photo, 250 steps at 32 px, distilled in the latent space
+    of the VAE `onelook train-prior` trains (TRAINED_VAE), through its encoder as Stable Diffusion's. Measured:
+    reference view alone, novel views 13-14 dB; with the exact prior 16.7-18.1 dB (back +4.7 dB). In pixel space
+    (`ExemplarPrior` without a VAE; not run here, to keep CI short) 18-21 dB, and with the front and back
+    exemplars swapped (wrong view labels) the back drops to 12.5 dB and the front to 13.8 dB."""
     size, steps = 32, 250
     thing = family_object(0, 7)
     assert thing.kind == "mug"
@@ -71,7 +71,7 @@ def test_realfusion_with_the_exact_prior_rebuilds_the_unseen_sides(tmp_path):
     quality = Quality(steps, 0, size, size, 16, 512, 32, inversion_accumulation=1)
     novel = [(90.0, 15.0), (180.0, 15.0), (270.0, 15.0), (0.0, 70.0)]
     scores = {}
-    runs = (("reference only", pixels, 0.0), ("exact prior", pixels, 0.1), ("exact prior, VAE latents", latents, 0.01))
+    runs = (("reference only", pixels, 0.0), ("exact prior, VAE latents", latents, 0.01))
     for name, prior, sds_weight in runs:
         torch.manual_seed(0)
         *_, done = train_realfusion(
@@ -93,7 +93,7 @@ def test_realfusion_with_the_exact_prior_rebuilds_the_unseen_sides(tmp_path):
         )
         scores[name] = [_masked_psnr(done.result, thing, az, el, size) for az, el in [(0.0, 15.0), *novel]]
     reference = np.array(scores["reference only"])
-    for exact in (np.array(scores["exact prior"]), np.array(scores["exact prior, VAE latents"])):
-        assert exact[2] >= reference[2] + 3.0, scores  # the back (180 degrees)
-        assert exact[1:].mean() >= reference[1:].mean() + 3.0, scores  # every unseen side
-        assert exact[0] >= reference[0] - 2.0, scores  # the photo's own view still holds
+    exact = np.array(scores["exact prior, VAE latents"])
+    assert exact[2] >= reference[2] + 3.0, scores  # the back (180 degrees)
+    assert exact[1:].mean() >= reference[1:].mean() + 3.0, scores  # every unseen side
+    assert exact[0] >= reference[0] - 2.0, scores  # the photo's own view still holds

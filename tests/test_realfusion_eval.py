@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from onelook.assets import OBJECT_PRIOR
 from onelook.data.image_dataparser import ObjectImageDataParserConfig, reference_camera
 from onelook.data.object_family import (
     KINDS,
@@ -20,6 +22,7 @@ from onelook.data.object_family import (
     orbit_views,
     render_orbit_view,
 )
+from onelook.guidance.train_prior import TRAINED_PRIOR_SETTINGS
 from onelook.metrics import chamfer_and_fscore
 from onelook.realfusion.evaluate import VARIANTS, evaluate_realfusion
 from onelook.realfusion.train import QUALITY, train_realfusion
@@ -119,7 +122,8 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
         [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", str(tiny_sd), "--objects", "2"]
         + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"]
         + ["--guidance-scale", "1", "--sds-weight", "0.01", "--t-max", "0.5", "--albedo-steps", "10"]
-        + ["--prior-view-distance", "1.7", "1.9", "--prior-view-fov", "50", "60"],
+        + ["--prior-view-distance", "1.7", "1.9", "--prior-view-fov", "50", "60"]
+        + ["--model-option", "normal_smoothness_weight=0.25", "--model-option", "coarse-to-fine-step=4"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -127,8 +131,10 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     sds = {"guidance_scale": 1.0, "sds_loss_weight": 0.01, "albedo_steps": 10, "t_range": [0.02, 0.5]}
+    sds |= {"normal_smoothness_weight": 0.25, "coarse_to_fine_step": 4}
     assert report["sds_options"] == sds
     assert report["view_options"] == {"prior_distance_range": [1.7, 1.9], "prior_fov_range": [50.0, 60.0]}
+    assert report["prior_settings"] == {"model": {}, "datamanager": {}}  # the tiny prior's folder recommends none
     assert set(report["means"]) == set(VARIANTS)
     assert [row["name"] for row in report["objects"]] == [f"7-{i:03d}-{family_object(7, i).kind}" for i in range(2)]
     for row in report["objects"]:
@@ -137,6 +143,21 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
             assert 0 < row[variant]["psnr_180"] < 60 and 0 <= row[variant]["fscore"] <= 1
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.size == (32 * (1 + 4 * len(VARIANTS) + 4), 2 * 32)  # photo, 4 views per variant, the truth's
+
+
+@pytest.mark.slow
+def test_eval_realfusion_uses_the_packaged_prior_and_its_settings_by_default(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--objects", "1", "--variants", "reference_only"]
+        + ["--quality", "preview", "--out", str(tmp_path), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["prior"] == str(OBJECT_PRIOR)
+    assert report["prior_settings"] == json.loads(json.dumps(asdict(TRAINED_PRIOR_SETTINGS)))
 
 
 def test_eval_realfusion_names_a_bad_variant(tmp_path):
@@ -148,6 +169,15 @@ def test_eval_realfusion_names_a_bad_variant(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "unknown variants ['sds_only']" in done.stderr
+
+
+def test_eval_realfusion_names_a_bad_model_option(tmp_path, capsys):
+    from onelook.cli import main
+
+    assert main(["eval-realfusion", "--prior", "x", "--out", str(tmp_path), "--model-option", "entropy_weight"]) == 2
+    assert "--model-option 'entropy_weight': give NAME=VALUE" in capsys.readouterr().err
+    assert main(["eval-realfusion", "--prior", "x", "--out", str(tmp_path), "--model-option", "entropy=0"]) == 2
+    assert "RealFusionModelConfig has no options ['entropy']" in capsys.readouterr().err
 
 
 def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):

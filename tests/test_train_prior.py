@@ -5,13 +5,23 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from onelook.data.object_family import family_object, generate_objects
+from onelook.assets import OBJECT_EXAMPLES, OBJECT_PRIOR
+from onelook.data.object_family import KINDS, family_object, generate_objects
+from onelook.guidance.prior_settings import read_prior_settings
 from onelook.guidance.stable_diffusion import StableDiffusionPrior
-from onelook.guidance.train_prior import PriorTrainingConfig, held_out_loss, train_prior, word_tokenizer
+from onelook.guidance.train_prior import (
+    TRAINED_PRIOR_SETTINGS,
+    PriorTrainingConfig,
+    held_out_loss,
+    train_prior,
+    word_tokenizer,
+)
 
 
 def test_captions_are_a_few_whole_word_tokens(tmp_path):
@@ -46,6 +56,7 @@ def test_a_trained_prior_loads_as_stable_diffusion_and_resumes(renders, tmp_path
     for name, value in load_file(folder / "training" / "vae.safetensors").items():
         assert torch.equal(value, vae_weights[name])
     assert sum(f.stat().st_size for f in folder.rglob("*.safetensors") if "training" not in f.parts) < 10e6
+    assert read_prior_settings(folder) == TRAINED_PRIOR_SETTINGS  # how RealFusion is to distil from it
 
     prior = StableDiffusionPrior.load(folder, device="cpu")  # exactly SD 1.5's loading path
     assert prior.image_size == 16 and prior.tokenizer.tokenize("photo of a house") == [
@@ -91,3 +102,22 @@ def test_train_prior_refuses_a_folder_of_other_renders(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "is not an `onelook synth --category objects` folder" in done.stderr
+
+
+def test_the_packaged_prior_is_small_fp16_and_loads_as_stable_diffusion():
+    """The app's default "Any object" model (`python -m onelook.assets.build_object_prior`): at most 10 MB of fp16
+    safetensors, read by SD 1.5's loading path as the v-prediction prior it was trained as, with the RealFusion
+    settings for it, and one example photo per kind (its mask as alpha)."""
+    weights = list(OBJECT_PRIOR.rglob("*.safetensors"))
+    assert len(weights) == 3 and sum(f.stat().st_size for f in weights) <= 10e6  # VAE, UNet, text encoder
+    for path in weights:
+        assert {tensor.dtype for tensor in load_file(path).values()} == {torch.float16}, path
+    assert not (OBJECT_PRIOR / "training").exists()  # the resumable state stays out of the package
+    prior = StableDiffusionPrior.load(OBJECT_PRIOR, device="cpu")
+    assert prior.prediction_type == "v_prediction" and prior.image_size == 32
+    assert read_prior_settings(OBJECT_PRIOR) == TRAINED_PRIOR_SETTINGS
+    examples = sorted(OBJECT_EXAMPLES.glob("*.png"))
+    assert sorted(path.stem for path in examples) == sorted(KINDS)
+    for path in examples:
+        alpha = np.asarray(Image.open(path))[..., 3]
+        assert 0.05 < (alpha > 127).mean() < 0.9, path

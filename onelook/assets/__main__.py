@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from onelook.assets import DEMO_MODEL, EXAMPLES
 from onelook.cameras.geometry import project
 from onelook.data.synthetic import CATEGORIES, identity, render
 from onelook.runs import find_run, load_checkpoint
-
-ASSETS = Path(__file__).parent
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config, checkpoint = find_run(args.run_dir)
-    model_dir = ASSETS / "demo_lolnerf"
+    model_dir = DEMO_MODEL
     shutil.rmtree(model_dir, ignore_errors=True)
     (model_dir / "nerfstudio_models").mkdir(parents=True)
     shutil.copy(config, model_dir / "config.yml")
@@ -46,7 +45,7 @@ def main() -> None:
     )
 
     synth = json.loads((args.synth / "synth.json").read_text())
-    examples = ASSETS / "examples"
+    examples = EXAMPLES
     shutil.rmtree(examples, ignore_errors=True)
     examples.mkdir()
     category = synth.get("category", "heads")

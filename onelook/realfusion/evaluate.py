@@ -12,6 +12,7 @@ size) against the true mesh. Distances are fractions of the object's size (its b
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from onelook.data.object_family import (
     render_orbit_view,
 )
 from onelook.data.prior_views import PriorViewDataManagerConfig
+from onelook.guidance.prior_settings import read_prior_settings
 from onelook.metrics import chamfer_and_fscore, masked_psnr, masked_ssim, surface_points
 from onelook.models.realfusion import RealFusionModelConfig
 from onelook.realfusion.result import RealFusionResult
@@ -89,9 +91,10 @@ def evaluate_realfusion(
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
     `out/contact_sheet.png` (a row per object: the photo, each variant's 90/180/270/overhead views, the truth).
-    `sds_options` set fields of the score-distilled variants' model config (e.g. `{"guidance_scale": 1.0}`:
-    a prior trained here is scored at the settings that suit it, not SD 1.5's); `view_options` set fields of
-    the random views' datamanager config (e.g. `{"prior_distance_range": (1.8, 1.8)}`). `runs` > 1 trains each
+    Every variant starts from the settings the prior's folder recommends (`onelook.guidance.prior_settings`:
+    a prior trained here is scored at the settings that suit it, not SD 1.5's); `sds_options` then set fields
+    of the score-distilled variants' model config (e.g. `{"guidance_scale": 7.5}`) and `view_options` fields
+    of the random views' datamanager config (e.g. `{"prior_distance_range": (1.0, 1.5)}`). `runs` > 1 trains each
     variant that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
     are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed."""
     unknown = set(variants) - set(VARIANTS)
@@ -151,7 +154,8 @@ def evaluate_realfusion(
         sheet.append(np.concatenate(strip, axis=1))
     means = {variant: _mean([row[variant] for row in rows]) for variant in variants}
     report = {"prior": prior, "seed": seed, "runs": runs, "quality": quality.__dict__}
-    report |= {"sds_options": sds_options, "view_options": view_options}
+    report |= {"prior_settings": asdict(read_prior_settings(prior)), "sds_options": sds_options}
+    report |= {"view_options": view_options}
     report |= {"means": means, "objects": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     Image.fromarray((np.clip(np.concatenate(sheet), 0, 1) * 255).round().astype(np.uint8)).save(

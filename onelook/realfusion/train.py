@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.engine.trainer import TrainerConfig
 
 from onelook.data.image_dataparser import write_prepared_object
 from onelook.data.object_image import ObjectImage
 from onelook.device import resolve_device
 from onelook.guidance.prior import DiffusionPrior
+from onelook.guidance.prior_settings import PriorSettings, read_prior_settings
 from onelook.guidance.textual_inversion import invert_steps
 from onelook.realfusion.result import RealFusionResult
 
@@ -72,40 +74,28 @@ def train_realfusion(
     """Trains on one photo (a file, or an `ObjectImage` already prepared at `quality.image_size`); yields
     progress at every textual-inversion step and every `report_every` training steps and, last, the result.
     `prior` replaces `sd_model` (any `DiffusionPrior`). `model_options` and `datamanager_options` set fields
-    of `ns-train realfusion`'s model and datamanager configs by name, after the quality's (e.g.
-    `{"class_word": "mug"}`, `{"sds_loss_weight": 0.0}`: the reference view alone, with no prior loaded).
+    of `ns-train realfusion`'s model and datamanager configs by name, after the quality's and the settings
+    `sd_model`'s folder recommends (`onelook.guidance.prior_settings`) (e.g. `{"class_word": "mug"}`,
+    `{"sds_loss_weight": 0.0}`: the reference view alone, with no prior loaded).
 
     Stopping the iteration stops the work. `out` receives the prepared crop, mask and learned embedding.
     """
-    from onelook.configs import realfusion_method
-
     device = resolve_device(device)
     torch.manual_seed(seed)
-    config = copy.deepcopy(realfusion_method.config)
-    config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
-    datamanager = config.pipeline.datamanager
-    if isinstance(image, ObjectImage):
-        datamanager.data, datamanager.dataparser.prepared = write_prepared_object(image, Path(out) / "object"), True
-    else:
-        datamanager.data = Path(image)
-    datamanager.dataparser.image_size = quality.image_size
-    datamanager.dataparser.object_fraction = object_fraction
-    datamanager.dataparser.cache_dir = Path(out)
-    datamanager.prior_view_size = quality.prior_view_size
-    datamanager.train_num_rays_per_batch = quality.rays
-    datamanager.seed = seed
-    model = config.pipeline.model
-    model.sd_model, model.embedding, model.inversion_steps = sd_model, embedding, quality.inversion_steps
-    model.inversion_accumulation = quality.inversion_accumulation
-    model.num_coarse_samples = model.num_fine_samples = quality.samples
-    model.albedo_steps = min(model.albedo_steps, quality.iterations // 5)
-    model.coarse_to_fine_step = min(model.coarse_to_fine_step, quality.iterations // 2)
-    if device == "cpu":
-        model.implementation = "torch"
-    for target, options in ((model, model_options), (datamanager, datamanager_options)):
-        check_options(target, options or {})
-        for name, value in (options or {}).items():
-            setattr(target, name, value)
+    config = realfusion_config(
+        image,
+        out,
+        quality,
+        sd_model,
+        embedding=embedding,
+        object_fraction=object_fraction,
+        seed=seed,
+        device=device,
+        prior=prior,
+        model_options=model_options,
+        datamanager_options=datamanager_options,
+    )
+    model, datamanager = config.pipeline.model, config.pipeline.datamanager
 
     yield TrainingUpdate("preparing", 0, quality.iterations)
     pipeline = config.pipeline.setup(device=device, test_mode="val")
@@ -130,6 +120,58 @@ def train_realfusion(
             yield TrainingUpdate("training", step, quality.iterations)
     result = RealFusionResult.from_model(pipeline.model, datamanager.dataparser)
     yield TrainingUpdate("done", quality.iterations, quality.iterations, result)
+
+
+def realfusion_config(
+    image: Path | ObjectImage,
+    out: Path,
+    quality: Quality,
+    sd_model: str,
+    *,
+    embedding: Path | None = None,
+    object_fraction: float = 0.75,
+    seed: int = 0,
+    device: str = "cpu",
+    prior: DiffusionPrior | None = None,
+    model_options: dict[str, Any] | None = None,
+    datamanager_options: dict[str, Any] | None = None,
+) -> TrainerConfig:
+    """`ns-train realfusion`'s config for `train_realfusion`'s arguments: the quality's sizes, then the settings
+    `sd_model`'s folder recommends (unless `prior` stands in for it), then the caller's options."""
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.machine.device_type = "cuda" if device.startswith("cuda") else "cpu"
+    datamanager = config.pipeline.datamanager
+    if isinstance(image, ObjectImage):
+        datamanager.data, datamanager.dataparser.prepared = write_prepared_object(image, Path(out) / "object"), True
+    else:
+        datamanager.data = Path(image)
+    datamanager.dataparser.image_size = quality.image_size
+    datamanager.dataparser.object_fraction = object_fraction
+    datamanager.dataparser.cache_dir = Path(out)
+    datamanager.prior_view_size = quality.prior_view_size
+    datamanager.train_num_rays_per_batch = quality.rays
+    datamanager.seed = seed
+    model = config.pipeline.model
+    model.sd_model, model.embedding, model.inversion_steps = sd_model, embedding, quality.inversion_steps
+    model.inversion_accumulation = quality.inversion_accumulation
+    model.num_coarse_samples = model.num_fine_samples = quality.samples
+    model.albedo_steps = min(model.albedo_steps, quality.iterations // 5)
+    model.coarse_to_fine_step = min(model.coarse_to_fine_step, quality.iterations // 2)
+    if device == "cpu":
+        model.implementation = "torch"
+    # The prior folder's own settings (a prior trained here is not distilled as SD 1.5 is), then the caller's.
+    recommended = read_prior_settings(sd_model) if prior is None else PriorSettings()
+    for target, defaults, options in (
+        (model, recommended.model, model_options),
+        (datamanager, recommended.datamanager, datamanager_options),
+    ):
+        for source in (defaults, options or {}):
+            check_options(target, source)
+            for name, value in source.items():
+                setattr(target, name, value)
+    return config
 
 
 def check_options(config: object, options: dict[str, Any]) -> None:
