@@ -1,9 +1,11 @@
 """Packages a prior trained by `onelook train-prior` as the app's default "Any object" model, with example photos
-of its family drawn with a seed it never saw. Rebuilt by (about 45 min on 2 CPU cores):
+of its family drawn with a seed it never saw. The shipped one was trained by (about an hour on 2 CPU cores;
+`onelook train-prior` resumes where an interrupted run stopped):
 
     onelook synth --category objects --n 300 --size 32 --seed 0 --random-views 12 --out prior_data
-    onelook train-prior prior_data --out objects-prior --vae-steps 1500 --unet-steps 7000 \
-        --prediction-type v_prediction
+    onelook synth --category objects --n 40 --size 32 --seed 1000 --random-views 12 --out heldout
+    onelook train-prior prior_data --out objects-prior --vae-steps 1500 --unet-steps 5000 \
+        --prediction-type v_prediction --held-out heldout
     python -m onelook.assets.build_object_prior objects-prior
 
 Writes onelook/assets/object_prior/ (the diffusers folder with the RealFusion settings it recommends, without
