@@ -220,7 +220,7 @@ def build_demo(config: AppConfig) -> gr.Blocks:
     faces = FaceTab(config)
     jobs = Jobs(config)
     examples = sorted(EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
-    packaged_prior = config.sd_model is not None and Path(config.sd_model) == OBJECT_PRIOR
+    packaged_prior = config.sd_model is not None and Path(config.sd_model).resolve() == OBJECT_PRIOR.resolve()
     object_examples = sorted(OBJECT_EXAMPLES.glob("*.png")) if OBJECT_EXAMPLES.is_dir() else []
     skip_results = [gr.skip()] * 5  # status updates leave the result components as they are
 
