@@ -36,7 +36,6 @@ from onelook.app_jobs import ExampleKeypoints, face_keypoints, load_reconstructo
 from onelook.assets import DEMO_MODEL, EXAMPLES, OBJECT_EXAMPLES, OBJECT_PRIOR
 from onelook.cameras.geometry import turn_about_origin
 from onelook.data.images import ImageError
-from onelook.data.object_family import KINDS
 from onelook.data.object_image import prepare_object_image
 from onelook.guidance.tiny import build_tiny_stable_diffusion
 from onelook.worker import JobError, JobResult, JobUpdate, WorkerDiedError, WorkerProcess
@@ -258,8 +257,9 @@ def build_demo(config: AppConfig) -> gr.Blocks:
             elif packaged_prior:
                 gr.Markdown(
                     "Using the packaged **object prior**, a small diffusion model trained on onelook's synthetic "
-                    f"objects ({', '.join(f'{kind}s' for kind in KINDS)}), not on photos: it knows those, so try "
-                    "the examples (objects it never saw; the quick preset takes a few minutes on a CPU). Start the "
+                    f"objects ({', '.join(f'{path.stem}s' for path in object_examples)}), not on photos: it knows "
+                    "those, so try the examples, one of each it never saw (the quick preset takes a few minutes on "
+                    "a CPU). Start the "
                     "app with `--sd-model stable-diffusion-v1-5/stable-diffusion-v1-5` for any object (a GPU is "
                     "needed for useful speed)."
                 )
