@@ -392,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=int, default=1, help="training runs per object and variant, seeds S, S+1, ... (default 1)"
     )
     # Unset: what the prior's folder recommends (`onelook.guidance.prior_settings`), else `RealFusionModelConfig`'s
-    # defaults (RealFusion's for Stable Diffusion 1.5). The defaults below are the latter.
-    evr.add_argument("--guidance-scale", type=float, help="score distillation's guidance scale (default 100)")
-    evr.add_argument("--sds-weight", type=float, help="weight of score distillation (default 1)")
-    evr.add_argument("--t-max", type=float, help="largest timestep drawn, a fraction of the schedule (default 0.98)")
+    # defaults (RealFusion's for Stable Diffusion 1.5), the numbers the help names.
+    recommended = "default: the prior folder's setting, else"
+    evr.add_argument("--guidance-scale", type=float, help=f"score distillation's guidance scale ({recommended} 100)")
+    evr.add_argument("--sds-weight", type=float, help=f"weight of score distillation ({recommended} 1)")
+    evr.add_argument(
+        "--t-max", type=float, help=f"largest timestep drawn, a fraction of the schedule ({recommended} 0.98)"
+    )
     evr.add_argument(
         "--albedo-steps", type=int, help="steps of plain albedo before shading (default: a fifth of the run)"
     )
@@ -408,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. normal_smoothness_weight=0.1); repeatable",
     )
     for flag, what in (
-        ("--prior-view-distance", "distance range of the random views' cameras (default 1.0 1.5, SD 1.5's)"),
-        ("--prior-view-fov", "field-of-view range of the random views, degrees (default 40 70)"),
+        ("--prior-view-distance", f"distance range of the random views' cameras ({recommended} 1.0 1.5)"),
+        ("--prior-view-fov", f"field-of-view range of the random views, degrees ({recommended} 40 70)"),
     ):
         evr.add_argument(flag, type=float, nargs=2, metavar=("MIN", "MAX"), help=what)
     evr.add_argument("--device")
