@@ -427,7 +427,9 @@ def test_browser_example_reconstructed_and_seen_from_behind(tmp_path, free_port,
         )
         page.get_by_label("quick").first.check()
         page.get_by_role("button", name="Reconstruct").first.click()
-        page.locator("video").first.wait_for(timeout=600_000)
+        # A guard against a hang, not a speed check (benchmarks/ time it): the quick preset took 6.5 min in CI on
+        # 2026-12-04 and over 10 on the same machine busier that evening, the worker running at a lower priority.
+        page.locator("video").first.wait_for(timeout=1_800_000)
         canvas = page.locator("canvas").first
         canvas.wait_for(timeout=60_000)
         time.sleep(3)  # let the viewer draw
