@@ -42,6 +42,24 @@ def test_the_prompts_view_word_chooses_the_exemplars():
     assert prior.encode_prompts([""]).sum() == 0  # unconditional: every exemplar
 
 
+def test_pixel_space_score_distillation_pulls_the_pixels_towards_the_decoded_target():
+    """With one exemplar the exact prior's target is that exemplar, at every timestep: the pixels' gradient is
+    w(t) (rendered - exemplar) at the prior's resolution, not the encoder's Jacobian applied to a latent one."""
+    exemplar = torch.rand(1, 3, 8, 8)
+    prior = ExemplarPrior({"front": exemplar}, SCHEDULE)
+    rgb = torch.rand(1, 3, 16, 16, requires_grad=True)
+    text, uncond = prior.encode_prompts(["a mug, front view"]), prior.encode_prompts([""])
+    out = prior.sds(rgb, text, uncond, 1.0, generator=torch.Generator().manual_seed(0), pixel_space=True)
+    (grad,) = torch.autograd.grad(out.loss, rgb)
+    alpha_bar = SCHEDULE[out.timestep]
+    resized = torch.nn.functional.interpolate(rgb.detach(), size=(8, 8), mode="bilinear", align_corners=False)
+    pull = (alpha_bar * (1 - alpha_bar)).sqrt() * (resized - exemplar)
+    expected = torch.autograd.grad(
+        torch.nn.functional.interpolate(rgb, size=(8, 8), mode="bilinear", align_corners=False), rgb, pull
+    )[0]
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_exemplars_must_be_keyed_by_view_labels():
     with pytest.raises(ValueError, match="view labels"):
         ExemplarPrior({"behind": torch.zeros(1, 3, 8, 8)}, SCHEDULE)

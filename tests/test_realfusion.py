@@ -68,6 +68,25 @@ def test_sds_gradient_is_weighted_noise_residual(prior):
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_pixel_space_sds_pulls_the_pixels_towards_the_decoded_prediction(prior):
+    rgb = torch.rand(1, 3, 20, 20, requires_grad=True)
+    text, uncond = prior.encode_prompts(["a photo of a cup"]), prior.encode_prompts([""])
+    torch.manual_seed(0)  # the VAE's posterior sample
+    out = prior.sds(rgb, text, uncond, 7.5, generator=torch.Generator().manual_seed(3), pixel_space=True)
+    (grad,) = torch.autograd.grad(out.loss, rgb)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        latents = prior.encode_images(rgb).float()
+        generator = torch.Generator().manual_seed(3)
+        target, weight, t = prior.denoised_target(latents, text, uncond, 7.5, (0.02, 0.98), generator)
+        target_rgb = prior.decode_latents(target)
+    assert t == out.timestep and target_rgb.shape == (1, 3, prior.image_size, prior.image_size)
+    assert 0 <= target_rgb.min() and target_rgb.max() <= 1
+    resized = torch.nn.functional.interpolate(rgb, size=target_rgb.shape[-2:], mode="bilinear", align_corners=False)
+    (expected,) = torch.autograd.grad(resized, rgb, weight * (resized.detach() - target_rgb))
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_sds_reaches_the_rendered_pixels(prior):
     rgb = torch.rand(1, 3, 20, 20, requires_grad=True)
     text, uncond = prior.encode_prompts(["x"]), prior.encode_prompts([""])

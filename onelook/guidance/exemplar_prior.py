@@ -52,6 +52,12 @@ class ExemplarPrior(DiffusionPrior):
             return 2.0 * rgb - 1.0
         return self.vae.encode(2.0 * rgb - 1.0).latent_dist.mean * self.vae.config.scaling_factor
 
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """The inverse of `encode_images` (the VAE's decoder, or pixels back to [0, 1])."""
+        if self.vae is not None:
+            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """(P, 1, L) indicator of the prompt's view label among the exemplars' (all zero: unconditional, or a
         view no exemplar shows)."""

@@ -160,6 +160,11 @@ class StableDiffusionPrior(DiffusionPrior):
         posterior = self.vae.encode((2.0 * rgb - 1.0).to(self.dtype)).latent_dist
         return posterior.sample() * self.vae.config.scaling_factor
 
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> (B, 3, H, W) in [0, 1] by the VAE's decoder."""
+        decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample
+        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The forward process, by the scheduler (which owns the maths)."""
         return self.scheduler.add_noise(latents, noise, timesteps)

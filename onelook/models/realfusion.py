@@ -64,6 +64,9 @@ class RealFusionModelConfig(ModelConfig):
     """Classifier-free guidance scale of score distillation (DreamFusion and RealFusion: 100)."""
     t_range: tuple[float, float] = (0.02, 0.98)
     """Range of diffusion timesteps (fractions of the schedule) score distillation draws from."""
+    sds_pixel_space: bool = False
+    """Score distillation's target decoded and compared pixel for pixel (no gradient through the VAE's
+    encoder) instead of in latent space (DreamFusion and RealFusion)."""
     half_precision: bool | None = None
     """Stable Diffusion in fp16; default: on CUDA only."""
     attention_slicing: bool = True
@@ -330,7 +333,8 @@ class RealFusionModel(Model):
         cfg = self.config
         prior, texts, uncond = self.prior()
         image_chw = view["rgb"].reshape(size, size, 3).permute(2, 0, 1)[None]
-        sds = prior.sds(image_chw, texts[view_label], uncond, cfg.guidance_scale, cfg.t_range)
+        text = texts[view_label]
+        sds = prior.sds(image_chw, text, uncond, cfg.guidance_scale, cfg.t_range, pixel_space=cfg.sds_pixel_space)
         loss = {"sds_loss": cfg.sds_loss_weight * sds.loss}
         if "normals" in view:
             normals = view["normals"].reshape(size, size, 3).permute(2, 0, 1)[None]
