@@ -43,9 +43,11 @@ POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes wi
 # predictions differ by more than what it knows, and guidance multiplies that); t up to 0.5, where its one-step
 # predictions of the clean image hold; a weight of 0.001 against the reference view's losses (at 0.01 score
 # distillation fogs the photo's own view away: 11 dB against 28 on the app's house example); random views from
-# the distance and field of view of the renders it learnt from (the family's reference camera).
+# the distance and field of view of the renders it learnt from (the family's reference camera); the target
+# decoded to pixels (its small encoder's Jacobian, not its predictions, is what spread the fog: held out, every
+# metric better, 1.1 dB at 180 degrees, Chamfer 12.2% -> 9.0%).
 TRAINED_PRIOR_SETTINGS = PriorSettings(
-    model={"guidance_scale": 1.0, "t_range": (0.02, 0.5), "sds_loss_weight": 0.001},
+    model={"guidance_scale": 1.0, "t_range": (0.02, 0.5), "sds_loss_weight": 0.001, "sds_pixel_space": True},
     datamanager={"prior_distance_range": (REFERENCE_DISTANCE,) * 2, "prior_fov_range": (REFERENCE_FOV,) * 2},
 )
 
