@@ -81,10 +81,53 @@ def test_pixel_space_sds_pulls_the_pixels_towards_the_decoded_prediction(prior):
         target, weight, t = prior.denoised_target(latents, text, uncond, 7.5, (0.02, 0.98), generator)
         target_rgb = prior.decode_latents(target)
     assert t == out.timestep and target_rgb.shape == (1, 3, prior.image_size, prior.image_size)
+    torch.testing.assert_close(out.target_rgb, target_rgb)
+    assert out.weight == pytest.approx(float(weight))
     assert 0 <= target_rgb.min() and target_rgb.max() <= 1
     resized = torch.nn.functional.interpolate(rgb, size=target_rgb.shape[-2:], mode="bilinear", align_corners=False)
     (expected,) = torch.autograd.grad(resized, rgb, weight * (resized.detach() - target_rgb))
     torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_silhouette_loss_clears_a_pale_fog_that_colour_cannot():
+    """A pale haze on a plain background looks like the background: pulling its colour towards a target that
+    shows the background there barely moves its opacity, the silhouette loss does; where the target shows the
+    object, opacity is pulled up; inside the dead zone a target reads as background, half-way beyond it as
+    half opaque. The background is the target's own border colour, whatever it is."""
+    from onelook.model_components.losses import silhouette_loss
+
+    for background_colour in ([1.0, 1.0, 1.0], [0.2, 0.5, 0.3]):
+        background = torch.tensor(background_colour)[None, :, None, None].expand(1, 3, 8, 8)
+        target = background.clone()
+        target[..., 2:6, 4:7] = torch.tensor([0.8, 0.1, 0.1])[:, None, None]  # an object inside the frame
+        inside = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+        inside[..., 2:6, 4:7] = True
+        fog_colour = background * 0.9 + 0.1 * torch.tensor([0.5, 0.5, 0.5])[None, :, None, None]
+        accumulation = torch.full((1, 1, 8, 8), 0.3, requires_grad=True)
+        rgb = accumulation * fog_colour + (1 - accumulation) * background
+        (colour_grad,) = torch.autograd.grad(torch.mean((rgb - target) ** 2), accumulation)
+        (grad,) = torch.autograd.grad(silhouette_loss(accumulation, target), accumulation)
+        assert (grad[~inside] > 0).all() and (grad[inside] < 0).all()  # descent lowers the haze, raises the object
+        assert grad[~inside].abs().min() > 100 * colour_grad[~inside].abs().max()
+        assert silhouette_loss(inside.float(), target) == 0
+        for offset, silhouette in ((0.05, 0.0), (0.15, 0.5)):
+            faint = target.clone()
+            faint[inside.expand_as(target)] = (background + offset)[inside.expand_as(target)]
+            assert silhouette_loss(silhouette * inside.float(), faint) == pytest.approx(0, abs=1e-10)
+            assert silhouette_loss((silhouette + 0.2) * inside.float(), faint) == pytest.approx(
+                0.04 * 12 / 64, rel=1e-4
+            )
+
+
+def test_the_silhouette_needs_the_pixel_space_target(object_photo, tmp_path):
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.pipeline.datamanager.data = object_photo
+    config.pipeline.datamanager.dataparser.cache_dir = tmp_path
+    config.pipeline.model.prior_silhouette_weight = 1.0
+    with pytest.raises(ValueError, match="needs sds_pixel_space"):
+        config.pipeline.setup(device="cpu", test_mode="val")
 
 
 def test_sds_reaches_the_rendered_pixels(prior):
@@ -365,13 +408,21 @@ def test_normals_at_the_surface_are_the_true_normals_of_a_hard_sphere(object_pho
 
 
 @pytest.mark.parametrize(
-    "shading, normals",
-    [("albedo", "surface"), ("textureless", "surface"), ("lambertian", "surface"), ("lambertian", "samples")],
+    "shading, normals, silhouette",
+    [
+        ("albedo", "surface", False),
+        ("albedo", "surface", True),
+        ("textureless", "surface", False),
+        ("lambertian", "surface", False),
+        ("lambertian", "samples", False),
+    ],
 )
-def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo, tmp_path, shading, normals):
+def test_two_pass_prior_view_gives_the_one_pass_gradients(
+    tiny_sd, object_photo, tmp_path, shading, normals, silhouette
+):
     """The prior view rendered without gradients, scored, then re-rendered in uneven chunks: every parameter's
-    gradient (prior view and reference view together) equals the one-graph rendering's, in every shading and
-    wherever the normals are taken."""
+    gradient (prior view and reference view together) equals the one-graph rendering's, in every shading,
+    wherever the normals are taken, and with the pixel-space target's silhouette loss."""
     from types import SimpleNamespace
 
     from onelook.configs import realfusion_method
@@ -388,6 +439,8 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
     model.albedo_steps, model.coarse_to_fine_step = 0, 0
     model.normals = normals
+    model.sds_pixel_space = silhouette
+    model.prior_silhouette_weight = 1.0 if silhouette else 0.0
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     model = pipeline.model
     model.prior()
@@ -408,6 +461,7 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(tiny_sd, object_photo,
     one_pass, one_pass_losses = gradients(0)
     two_pass, two_pass_losses = gradients(100)  # 256 rays: chunks of 100, 100 and 56
     assert "sds_loss" in one_pass_losses and one_pass_losses == pytest.approx(two_pass_losses, rel=1e-5)
+    assert ("prior_silhouette_loss" in one_pass_losses) == silhouette
     assert one_pass.keys() == two_pass.keys() and any(name.startswith("field.encoding") for name in one_pass)
     # Equal up to float32 rounding, which batch sizes change: 1e-6 relative for albedo. Shaded views go through
     # finite-difference normals, normalised even where the density is nearly flat (empty space) and passed

@@ -21,6 +21,8 @@ from torch import Tensor
 class SDSOutput:
     loss: Tensor  # its gradient with respect to the latents is w(t) (eps_pred - eps)
     timestep: int
+    target_rgb: Tensor | None = None  # pixel space: the decoded target (B, 3, H, W), at the model's resolution
+    weight: float = 1.0  # w(t)
 
 
 class DiffusionPrior(ABC):
@@ -82,7 +84,8 @@ class DiffusionPrior(ABC):
             target, weight, t = self.denoised_target(latents, text, uncond, guidance_scale, t_range, generator)
             target_rgb = self.decode_latents(target).float()
         resized = F.interpolate(rgb, size=target_rgb.shape[-2:], mode="bilinear", align_corners=False)
-        return self._pull(resized, weight * (resized.detach() - target_rgb), t)
+        pull = self._pull(resized, weight * (resized.detach() - target_rgb), t)
+        return SDSOutput(pull.loss, t, target_rgb=target_rgb, weight=float(weight.mean()))
 
     def sds_on_latents(
         self,

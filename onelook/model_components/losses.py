@@ -1,4 +1,4 @@
-"""LOLNeRF's losses as plain functions, importable by any nerfstudio model."""
+"""LOLNeRF's and RealFusion's own losses as plain functions, importable by any nerfstudio model."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def hard_surface_loss(weights: Tensor) -> Tensor:
 def mask_loss(accumulation: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error between the foreground's accumulated opacity and the foreground mask."""
     return torch.mean((accumulation - mask.to(accumulation)) ** 2)
+
+
+def silhouette_loss(accumulation: Tensor, target_rgb: Tensor, tolerance: float = 0.1) -> Tensor:
+    """Mean squared error between opacity (B, 1, H, W) and the silhouette of an object-centred target image
+    (B, 3, H, W): 0 where the target is within `tolerance` of its background (the median of its border pixels;
+    largest channel), 1 where it differs by twice that or more, linear between (the dead zone keeps a decoded
+    target's blotchy background from reading as object). A colour loss cannot clear a pale fog in front of a
+    pale background, nor make it opaque (the two look alike, so its gradient vanishes); this one can."""
+    border = torch.cat(
+        [target_rgb[..., 0, :], target_rgb[..., -1, :], target_rgb[..., 1:-1, 0], target_rgb[..., 1:-1, -1]], -1
+    )
+    background = border.median(dim=-1).values[..., None, None]
+    distance = (target_rgb - background).abs().amax(dim=1, keepdim=True)
+    silhouette = ((distance - tolerance) / tolerance).clamp(0.0, 1.0)
+    return torch.mean((accumulation - silhouette.to(accumulation)) ** 2)

@@ -36,7 +36,7 @@ from onelook.data.prior_views import VIEW_LABELS
 from onelook.fields.realfusion_field import RealFusionField
 from onelook.guidance.prior import DiffusionPrior
 from onelook.guidance.stable_diffusion import DEFAULT_SD_MODEL
-from onelook.model_components.losses import mask_loss
+from onelook.model_components.losses import mask_loss, silhouette_loss
 from onelook.model_components.sampling import SphereSampler
 
 SHADINGS = ("albedo", "textureless", "lambertian")
@@ -67,6 +67,10 @@ class RealFusionModelConfig(ModelConfig):
     sds_pixel_space: bool = False
     """Score distillation's target decoded and compared pixel for pixel (no gradient through the VAE's
     encoder) instead of in latent space (DreamFusion and RealFusion)."""
+    prior_silhouette_weight: float = 0.0
+    """Pixel space only: weight of the random view's opacity against the silhouette of the decoded target (where
+    it differs from its own border's colour; scaled by w(t), as the pull). Colour alone leaves a pale haze that
+    looks like the background; the prior's opaque targets clear it. Not in the paper (0: off)."""
     half_precision: bool | None = None
     """Stable Diffusion in fp16; default: on CUDA only."""
     attention_slicing: bool = True
@@ -126,6 +130,10 @@ class RealFusionModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
+        if cfg.prior_silhouette_weight > 0 and not cfg.sds_pixel_space:
+            raise ValueError(
+                "prior_silhouette_weight needs sds_pixel_space: the silhouette is read from the decoded target"
+            )
         self.scene_radius = float(self.scene_box.aabb.abs().max())
         self.register_buffer("scene_radius_buffer", torch.tensor(self.scene_radius))
         self.field = RealFusionField(
@@ -336,6 +344,12 @@ class RealFusionModel(Model):
         text = texts[view_label]
         sds = prior.sds(image_chw, text, uncond, cfg.guidance_scale, cfg.t_range, pixel_space=cfg.sds_pixel_space)
         loss = {"sds_loss": cfg.sds_loss_weight * sds.loss}
+        if cfg.prior_silhouette_weight > 0:
+            opacity = view["accumulation"].reshape(size, size, 1).permute(2, 0, 1)[None]
+            opacity = F.interpolate(opacity, size=sds.target_rgb.shape[-2:], mode="bilinear", align_corners=False)
+            loss["prior_silhouette_loss"] = (
+                cfg.prior_silhouette_weight * sds.weight * silhouette_loss(opacity, sds.target_rgb)
+            )
         if "normals" in view:
             normals = view["normals"].reshape(size, size, 3).permute(2, 0, 1)[None]
             blurred = gaussian_blur(normals, kernel_size=9).detach()
