@@ -21,8 +21,9 @@ from torch import Tensor
 class SDSOutput:
     loss: Tensor  # its gradient with respect to the latents is w(t) (eps_pred - eps)
     timestep: int
-    target_rgb: Tensor | None = None  # pixel space: the decoded target (B, 3, H, W), at the model's resolution
-    weight: float = 1.0  # w(t)
+    # pixel space only: the decoded target (B, 3, H, W) at the model's resolution, and the pull's weight w(t)
+    target_rgb: Tensor | None = None
+    weight: float | None = None
 
 
 class DiffusionPrior(ABC):
