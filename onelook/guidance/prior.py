@@ -10,7 +10,7 @@ model plug in by subclassing this and handing the object to `RealFusionModel.use
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class DiffusionPrior(ABC):
             target_rgb = self.decode_latents(target).float()
         resized = F.interpolate(rgb, size=target_rgb.shape[-2:], mode="bilinear", align_corners=False)
         pull = self._pull(resized, weight * (resized.detach() - target_rgb), t)
-        return SDSOutput(pull.loss, t, target_rgb=target_rgb, weight=float(weight.mean()))
+        return replace(pull, target_rgb=target_rgb, weight=float(weight.mean()))
 
     def sds_on_latents(
         self,

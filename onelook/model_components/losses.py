@@ -38,5 +38,4 @@ def silhouette_loss(accumulation: Tensor, target_rgb: Tensor, tolerance: float =
     )
     background = border.median(dim=-1).values[..., None, None]
     distance = (target_rgb - background).abs().amax(dim=1, keepdim=True)
-    silhouette = ((distance - tolerance) / tolerance).clamp(0.0, 1.0)
-    return torch.mean((accumulation - silhouette.to(accumulation)) ** 2)
+    return mask_loss(accumulation, ((distance - tolerance) / tolerance).clamp(0.0, 1.0))
