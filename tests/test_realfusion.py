@@ -407,6 +407,60 @@ def test_normals_at_the_surface_are_the_true_normals_of_a_hard_sphere(object_pho
         torch.testing.assert_close(out["rgb"][inside], lambert.expand(-1, 3), atol=0.03, rtol=0)
 
 
+def _small_pipeline(tiny_sd, object_photo, tmp_path, **model_options):
+    """`ns-train realfusion`'s pipeline at test sizes (32 px photo, 16 px random views, 12 + 12 samples), its
+    prior loaded, in training mode; `model_options` set model config fields."""
+    from onelook.configs import realfusion_method
+
+    config = copy.deepcopy(realfusion_method.config)
+    config.pipeline.datamanager.data = object_photo
+    config.pipeline.datamanager.dataparser.image_size = 32
+    config.pipeline.datamanager.dataparser.cache_dir = tmp_path
+    config.pipeline.datamanager.prior_view_size = 16
+    config.pipeline.datamanager.train_num_rays_per_batch = 64
+    model = config.pipeline.model
+    model.implementation, model.log2_hashmap_size, model.max_res = "torch", 12, 128
+    model.num_coarse_samples = model.num_fine_samples = 12
+    model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
+    model.albedo_steps, model.coarse_to_fine_step = 0, 0
+    for name, value in model_options.items():
+        setattr(model, name, value)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline.model.prior()
+    pipeline.model.train()
+    return pipeline
+
+
+@pytest.mark.parametrize("background, shading", [("network", "albedo"), ("white", "albedo"), ("white", "textureless")])
+def test_an_empty_scene_shows_the_prior_the_configured_background(tiny_sd, object_photo, tmp_path, background, shading):
+    """The random view the prior scores, of a scene with no density: the background network's colours, or pure
+    white for a prior that only saw objects on white (`prior_view_background`), in colour whatever the shading."""
+    from types import SimpleNamespace
+
+    pipeline = _small_pipeline(tiny_sd, object_photo, tmp_path, prior_view_background=background)
+    model = pipeline.model
+    model._rng = SimpleNamespace(choices=lambda *_: [shading])  # the model's draw of a shading, made for it
+    with torch.no_grad():  # no density anywhere: the MLP's density output pinned far below zero
+        model.field.mlp.layers[-1].weight[0].zero_()
+        model.field.mlp.layers[-1].bias[0] = -50.0
+        model.field.blob_density = 0.0
+    prior = model.prior()[0]
+    scored, sds = [], prior.sds
+    prior.sds = lambda rgb, *args, **kwargs: scored.append(rgb.detach().clone()) or sds(rgb, *args, **kwargs)
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    losses = model.get_loss_dict(model(ray_bundle), batch)
+    (view,) = scored
+    directions = batch["prior_camera"].generate_rays(camera_indices=0, keep_shape=False).directions
+    with torch.no_grad():
+        network = model.field.background_rgb(directions).reshape(16, 16, 3).permute(2, 0, 1)[None]
+    expected = torch.ones_like(view) if background == "white" else network
+    assert torch.allclose(view, expected, atol=1e-5)
+    assert (network - 1).abs().max() > 0.05  # the two backgrounds differ, so the test tells them apart
+    sum(losses.values()).backward()
+    untouched = all(p.grad is None for p in model.field.background.parameters())
+    assert untouched == (background == "white")
+
+
 @pytest.mark.parametrize(
     "shading, normals, silhouette",
     [
@@ -425,26 +479,15 @@ def test_two_pass_prior_view_gives_the_one_pass_gradients(
     wherever the normals are taken, and with the pixel-space target's silhouette loss."""
     from types import SimpleNamespace
 
-    from onelook.configs import realfusion_method
-
-    config = copy.deepcopy(realfusion_method.config)
-    config.pipeline.datamanager.data = object_photo
-    config.pipeline.datamanager.dataparser.image_size = 32
-    config.pipeline.datamanager.dataparser.cache_dir = tmp_path
-    config.pipeline.datamanager.prior_view_size = 16
-    config.pipeline.datamanager.train_num_rays_per_batch = 64
-    model = config.pipeline.model
-    model.implementation, model.log2_hashmap_size, model.max_res = "torch", 12, 128
-    model.num_coarse_samples = model.num_fine_samples = 12
-    model.sd_model, model.inversion_steps, model.inversion_accumulation = str(tiny_sd), 1, 1
-    model.albedo_steps, model.coarse_to_fine_step = 0, 0
-    model.normals = normals
-    model.sds_pixel_space = silhouette
-    model.prior_silhouette_weight = 1.0 if silhouette else 0.0
-    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline = _small_pipeline(
+        tiny_sd,
+        object_photo,
+        tmp_path,
+        normals=normals,
+        sds_pixel_space=silhouette,
+        prior_silhouette_weight=1.0 if silhouette else 0.0,
+    )
     model = pipeline.model
-    model.prior()
-    model.train()
     model.sampler.eval()  # no jitter: both renderings place the same samples
     ray_bundle, batch = pipeline.datamanager.next_train(0)
 

@@ -71,6 +71,10 @@ class RealFusionModelConfig(ModelConfig):
     """Pixel space only: weight of the random view's opacity against the silhouette of the decoded target (where
     it differs from its own border's colour; scaled by w(t), as the pull). Colour alone leaves a pale haze that
     looks like the background; the prior's opaque targets clear it. Not in the paper (0: off)."""
+    prior_view_background: Literal["network", "white"] = "network"
+    """What the random views are composited on: the background network (the released code), or white, for a
+    prior that only ever saw objects on white (as `onelook train-prior`'s): on the network's colour, which only
+    score distillation trains, its targets are noise."""
     half_precision: bool | None = None
     """Stable Diffusion in fp16; default: on CUDA only."""
     attention_slicing: bool = True
@@ -322,7 +326,10 @@ class RealFusionModel(Model):
 
         def render(rays: RayBundle, samples: RaySamples) -> dict[str, Tensor]:
             out = self.render_samples(samples, shading, normals, light)
-            background = self.field.background_rgb(rays.directions)
+            if cfg.prior_view_background == "white":
+                background = out["rgb"].new_ones(3)  # the textureless shading's rgb has one channel
+            else:
+                background = self.field.background_rgb(rays.directions)
             view = {"rgb": out["rgb"] + (1.0 - out["accumulation"]) * background, "accumulation": out["accumulation"]}
             view.update({key: out[key] for key in ("normals", "orientation") if key in out})
             return view
