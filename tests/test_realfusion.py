@@ -444,9 +444,14 @@ def test_an_empty_scene_shows_the_prior_the_configured_background(tiny_sd, objec
         model.field.mlp.layers[-1].weight[0].zero_()
         model.field.mlp.layers[-1].bias[0] = -50.0
         model.field.blob_density = 0.0
-    prior = model.prior()[0]
-    scored, sds = [], prior.sds
-    prior.sds = lambda rgb, *args, **kwargs: scored.append(rgb.detach().clone()) or sds(rgb, *args, **kwargs)
+    diffusion, scored = model.prior()[0], []
+    sds = diffusion.sds
+
+    def recording_sds(rgb, *args, **kwargs):  # the real score distillation, keeping the view it was given
+        scored.append(rgb.detach().clone())
+        return sds(rgb, *args, **kwargs)
+
+    diffusion.sds = recording_sds
     ray_bundle, batch = pipeline.datamanager.next_train(0)
     losses = model.get_loss_dict(model(ray_bundle), batch)
     (view,) = scored

@@ -3,7 +3,7 @@
 Each training step:
 - reference view: rays of the photo from its own camera; RGB loss on the foreground, mask loss on opacity;
 - prior view: a whole image from a random camera (batch["prior_camera"]), shaded (albedo, textureless or
-  Lambertian), composited on the background network, scored by Stable Diffusion (SDS) with the
+  Lambertian), composited on the background network (or white), scored by Stable Diffusion (SDS) with the
   view-dependent prompt "a high-resolution DSLR image of a <token>, <view> view"; regularised by normal
   smoothness (rendered normals against their blurred copy), orientation and opacity entropy.
 The diffusion model is loaded on the first training step (never to export or render a run), and the learned
