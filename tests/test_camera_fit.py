@@ -113,6 +113,20 @@ def test_bad_focal_length_is_rejected():
         fit_cameras(uv, SIZE, focal_length=-3.0)
 
 
+@pytest.mark.parametrize("layout", ["face", "animal", "irregular"])
+def test_a_given_wide_lens_is_fitted(layout):
+    """A focal length of half the image side (a phone's ultra-wide lens, as EXIF gives it): the fit used to start
+    only from the scaled-orthographic factorisation at that focal length, collapse the shape and stop on an
+    OpenCV assertion (SQPnP on degenerate keypoints) or end with residuals of hundreds of pixels."""
+    from onelook.data.keypoint_categories import LAYOUTS, make_views
+
+    views = make_views(LAYOUTS[layout], 60, variation=0.05, focal_factor=0.5, noise=0.01, seed=2)
+    fit = fit_cameras(views.landmarks, views.image_size, focal_length=views.focal_length, shape_variation=False)
+    errors = rotation_errors_deg(fit.camera_to_world, views.camera_to_world, fit.canonical_points, views.mean_keypoints)
+    assert np.median(fit.residual_px) < 1.5  # landmark noise 0.64 px per coordinate
+    assert np.median(errors) <= 1.5 * np.median(views.oracle_rotation_errors())
+
+
 @pytest.mark.parametrize("layout", ["car", "irregular", "face", "animal"])
 @pytest.mark.parametrize("focal_factor", [0.8, 1.33, 3.0])
 def test_shapes_that_vary_per_identity_at_any_focal_length(layout, focal_factor):

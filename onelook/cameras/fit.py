@@ -118,9 +118,9 @@ def fit_cameras(
     problem = _Problem(obs, w_user, f_init, estimate_focal=focal_length is None)
 
     shape = _factorise(obs, w_user)
-    focal_starts = [f_init]
-    if focal_length is None:
-        focal_starts = [torch.full_like(f_init, factor * side / scale) for factor in FOCAL_SEARCH_FACTORS]
+    focal_starts = [torch.full_like(f_init, factor * side / scale) for factor in FOCAL_SEARCH_FACTORS]
+    if focal_length is not None:
+        focal_starts.append(f_init)
     # The starting point (focal length, which of the two mirror-image shapes) is chosen on a subset of images.
     search = problem.subset(torch.linspace(0, n_images - 1, min(n_images, SEARCH_IMAGES)).long())
     candidates = []
@@ -128,7 +128,13 @@ def fit_cameras(
         for mirrored in (False, True):
             s = shape * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64) if mirrored else shape
             state = search.initial_state(s, focal_start[search.images])
-            candidates.append(search.refine(search.global_poses(state), iterations=15, fixed_focal=True))
+            state = search.refine(search.global_poses(state), iterations=15, fixed_focal=True)
+            if focal_length is not None and focal_start is not f_init:
+                # A given wide lens leaves the scaled-orthographic start far from the truth (the fit ended in
+                # nonsense): a shape found at another focal length starts the given one too.
+                state = search.initial_state(state.points, f_init[search.images])
+                state = search.refine(search.global_poses(state), iterations=15, fixed_focal=True)
+            candidates.append(state)
     # The best start of each mirror image (candidates differ in their robust scale: compared by the median
     # image's error), each refined on every image; the lower cost at a common scale wins. A few iterations on
     # a subset cannot tell the two apart once landmarks are noisy: the other one is a local minimum.
@@ -342,7 +348,10 @@ class _Problem:
         for i in range(len(obs)):
             intrinsics = np.array([[focal[i], 0.0, 0.0], [0.0, focal[i], 0.0], [0.0, 0.0, 1.0]])
             seen = valid[i]
-            ok, rvec, tvec = cv2.solvePnP(points[seen], obs[i, seen], intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
+            try:
+                ok, rvec, tvec = cv2.solvePnP(points[seen], obs[i, seen], intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
+            except cv2.error:  # SQPnP asserts on a degenerate shape (a losing start can collapse): keep the pose
+                continue
             if ok and tvec[2, 0] > 0:
                 rot[i], trans[i] = cv2.Rodrigues(rvec)[0], tvec[:, 0]
         rot, trans = torch.from_numpy(rot), torch.from_numpy(trans)
