@@ -35,11 +35,13 @@ class RealFusionField(Field):
         num_layers: int = 3,
         blob_density: float = 5.0,
         blob_radius: float = 0.2,
+        density_bias: float = 0.0,
         normal_epsilon: float = 1e-2,
         implementation: str = "tcnn",
     ):
         super().__init__()
         self.bound, self.blob_density, self.blob_radius = bound, blob_density, blob_radius
+        self.density_bias = density_bias
         self.normal_epsilon = normal_epsilon
         self.features_per_level = features_per_level
         self.encoding = CoarseToFineHashEncoding(
@@ -80,7 +82,7 @@ class RealFusionField(Field):
         features = self.encoding(unit.reshape(-1, 3))
         h = self.mlp(features.float()).reshape(*positions.shape[:-1], 4)
         blob = self.blob_density * torch.exp(-positions.square().sum(-1, keepdim=True) / (2 * self.blob_radius**2))
-        return h[..., :1] + blob, h[..., 1:]
+        return h[..., :1] + blob + self.density_bias, h[..., 1:]
 
     def query(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Density (..., 1) and albedo (..., 3) at arbitrary points."""

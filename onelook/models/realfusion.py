@@ -92,6 +92,10 @@ class RealFusionModelConfig(ModelConfig):
     """Resolution of the finest hash-grid level."""
     hidden_dim: int = 64
     """Width of the MLPs after the hash grid."""
+    density_bias: float = 0.0
+    """Added to the field's log-density everywhere. At 0 (the released code) the untrained field is a fog of
+    density about 1 (a chord through the scene 80-90% opaque) that only the losses clear; negative starts the
+    scene empty but for the central blob."""
     # sampling
     num_coarse_samples: int = 64
     """Uniform samples per ray in the scene sphere (they only place the fine samples)."""
@@ -146,6 +150,7 @@ class RealFusionModel(Model):
             log2_hashmap_size=cfg.log2_hashmap_size,
             max_res=cfg.max_res,
             hidden_dim=cfg.hidden_dim,
+            density_bias=cfg.density_bias,
             implementation=cfg.implementation,
         )
         self.field.set_active_levels(cfg.num_levels // 2 if cfg.coarse_to_fine_step > 0 else cfg.num_levels)
