@@ -50,9 +50,8 @@ POSTERIOR_STD = 0.05  # the VAE's initial posterior width: RealFusion encodes wi
 # random views composited on white, as everything it learnt from was (on the background network's colour, which
 # only score distillation trains, its targets were noise and their silhouettes filled the scene with fog), which
 # let the silhouette weigh 1 (held out: Chamfer 8.6% -> 4.4%, depth error 24% -> 12%, +0.9-2.1 dB at 90 and 270
-# degrees and from overhead, level at 180); the field started empty but for its central blob (density_bias -3: the
-# released code's untrained field is a fog that the losses must clear; held out, +0.4-2.0 dB at every view, level
-# with the reference view alone at 180 degrees, for a Chamfer distance of 4.9% against 4.4%).
+# degrees and from overhead, level at 180). Not yet: density_bias -3 (held out, +0.4-2.0 dB at every view, but the
+# central blob's peak, e^2, is then under the mesh's surface level, so a preview-length run has no mesh).
 TRAINED_PRIOR_SETTINGS = PriorSettings(
     model={
         "guidance_scale": 1.0,
@@ -61,7 +60,6 @@ TRAINED_PRIOR_SETTINGS = PriorSettings(
         "sds_pixel_space": True,
         "prior_silhouette_weight": 1.0,
         "prior_view_background": "white",
-        "density_bias": -3.0,
     },
     datamanager={"prior_distance_range": (REFERENCE_DISTANCE,) * 2, "prior_fov_range": (REFERENCE_FOV,) * 2},
 )
