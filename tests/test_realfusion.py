@@ -407,6 +407,27 @@ def test_normals_at_the_surface_are_the_true_normals_of_a_hard_sphere(object_pho
         torch.testing.assert_close(out["rgb"][inside], lambert.expand(-1, 3), atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("density_bias, fog", [(0.0, True), (-3.0, False)])
+def test_the_untrained_field_is_a_fog_unless_its_density_is_biased_down(density_bias, fog):
+    """Untrained, the field's log-density is about 0 everywhere: at `density_bias` 0 (the released code) a chord
+    of the scene 0.6 from its centre is over 70% opaque, a fog the losses must clear; at -3 it is nearly empty,
+    while the central blob still stops most of a ray through the centre."""
+    from onelook.fields.realfusion_field import RealFusionField
+
+    torch.manual_seed(0)
+    field = RealFusionField(implementation="torch", log2_hashmap_size=12, max_res=128, density_bias=density_bias)
+    along = torch.linspace(-0.9, 0.9, 512)[:, None]
+
+    def opacity(offset: float) -> float:
+        points = torch.cat([along, torch.full_like(along, offset), torch.zeros_like(along)], dim=-1)
+        with torch.no_grad():
+            density, _ = field.query(points)
+        return float(1 - torch.exp(-density.sum() * 1.8 / len(along)))
+
+    assert opacity(0.0) > 0.75
+    assert (opacity(0.6) > 0.7) if fog else (opacity(0.6) < 0.15)
+
+
 def _small_pipeline(tiny_sd, object_photo, tmp_path, **model_options):
     """`ns-train realfusion`'s pipeline at test sizes (32 px photo, 16 px random views, 12 + 12 samples), its
     prior loaded, in training mode; `model_options` set model config fields."""
@@ -429,27 +450,6 @@ def _small_pipeline(tiny_sd, object_photo, tmp_path, **model_options):
     pipeline.model.prior()
     pipeline.model.train()
     return pipeline
-
-
-@pytest.mark.parametrize("density_bias, fog", [(0.0, True), (-3.0, False)])
-def test_the_untrained_field_is_a_fog_unless_its_density_is_biased_down(density_bias, fog):
-    """Untrained, the field's log-density is about 0 everywhere: at `density_bias` 0 (the released code) a chord
-    of the scene 0.6 from its centre is over 70% opaque, a fog the losses must clear; at -3 it is nearly empty,
-    while the central blob still stops most of a ray through the centre."""
-    from onelook.fields.realfusion_field import RealFusionField
-
-    torch.manual_seed(0)
-    field = RealFusionField(implementation="torch", log2_hashmap_size=12, max_res=128, density_bias=density_bias)
-    along = torch.linspace(-0.9, 0.9, 512)[:, None]
-
-    def opacity(offset: float) -> float:
-        points = torch.cat([along, torch.full_like(along, offset), torch.zeros_like(along)], dim=-1)
-        with torch.no_grad():
-            density, _ = field.query(points)
-        return float(1 - torch.exp(-density.sum() * 1.8 / len(along)))
-
-    assert opacity(0.0) > 0.75
-    assert (opacity(0.6) > 0.7) if fog else (opacity(0.6) < 0.15)
 
 
 @pytest.mark.parametrize("background, shading", [("network", "albedo"), ("white", "albedo"), ("white", "textureless")])
