@@ -407,11 +407,13 @@ def test_normals_at_the_surface_are_the_true_normals_of_a_hard_sphere(object_pho
         torch.testing.assert_close(out["rgb"][inside], lambert.expand(-1, 3), atol=0.03, rtol=0)
 
 
-@pytest.mark.parametrize("density_bias, fog", [(0.0, True), (-3.0, False)])
+@pytest.mark.parametrize("density_bias, fog", [(0.0, True), (-3.0, False), (-6.0, False)])
 def test_the_untrained_field_is_a_fog_unless_its_density_is_biased_down(density_bias, fog):
     """Untrained, the field's log-density is about 0 everywhere: at `density_bias` 0 (the released code) a chord
-    of the scene 0.6 from its centre is over 70% opaque, a fog the losses must clear; at -3 it is nearly empty,
-    while the central blob still stops most of a ray through the centre."""
+    of the scene 0.6 from its centre is over 70% opaque, a fog the losses must clear; biased down it is nearly
+    empty, while the central blob still stops most of a ray through the centre and keeps a surface to export
+    (a short run's mesh is that blob)."""
+    from onelook.export.mesh import SURFACE_DENSITY
     from onelook.fields.realfusion_field import RealFusionField
 
     torch.manual_seed(0)
@@ -426,6 +428,9 @@ def test_the_untrained_field_is_a_fog_unless_its_density_is_biased_down(density_
 
     assert opacity(0.0) > 0.75
     assert (opacity(0.6) > 0.7) if fog else (opacity(0.6) < 0.15)
+    with torch.no_grad():
+        centre_density, _ = field.query(torch.zeros(1, 3))
+    assert float(centre_density) > 5 * SURFACE_DENSITY
 
 
 def _small_pipeline(tiny_sd, object_photo, tmp_path, **model_options):

@@ -81,8 +81,9 @@ class RealFusionField(Field):
         unit = (positions / self.bound + 1.0) / 2.0  # the hash grid covers [0, 1]^3
         features = self.encoding(unit.reshape(-1, 3))
         h = self.mlp(features.float()).reshape(*positions.shape[:-1], 4)
-        blob = self.blob_density * torch.exp(-positions.square().sum(-1, keepdim=True) / (2 * self.blob_radius**2))
-        return h[..., :1] + blob + self.density_bias, h[..., 1:]
+        closeness = torch.exp(-positions.square().sum(-1, keepdim=True) / (2 * self.blob_radius**2))
+        # The bias fades out towards the blob's centre, so the blob keeps its peak (e^blob_density) whatever it is.
+        return h[..., :1] + self.blob_density * closeness + self.density_bias * (1 - closeness), h[..., 1:]
 
     def query(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Density (..., 1) and albedo (..., 3) at arbitrary points."""

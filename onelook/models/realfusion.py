@@ -93,10 +93,10 @@ class RealFusionModelConfig(ModelConfig):
     hidden_dim: int = 64
     """Width of the MLPs after the hash grid."""
     density_bias: float = 0.0
-    """Added to the field's log-density everywhere. At 0 (the released code) the untrained field is a fog of
-    density about 1 (a chord 0.6 from the scene's centre 80-85% opaque) that only the losses clear; -3 starts
-    the scene nearly empty (that chord 8-9% opaque) but for the central blob. Below about -2.7 the blob's peak
-    is under the mesh's surface density (10): a run of a few steps may have no surface to export."""
+    """Added to the field's log-density away from the central blob (it fades out towards the blob's centre, so
+    the blob keeps its peak). At 0 (the released code) the untrained field is a fog of density about 1 (a chord
+    0.6 from the scene's centre 80-85% opaque) that only the losses clear; -3 starts the scene nearly empty
+    (that chord 8-9% opaque) but for the central blob."""
     # sampling
     num_coarse_samples: int = 64
     """Uniform samples per ray in the scene sphere (they only place the fine samples)."""
