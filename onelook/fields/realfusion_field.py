@@ -82,7 +82,7 @@ class RealFusionField(Field):
         features = self.encoding(unit.reshape(-1, 3))
         h = self.mlp(features.float()).reshape(*positions.shape[:-1], 4)
         closeness = torch.exp(-positions.square().sum(-1, keepdim=True) / (2 * self.blob_radius**2))
-        # The bias fades out towards the blob's centre, so the blob keeps its peak (e^blob_density) whatever it is.
+        # The bias fades out towards the blob's centre, so the blob keeps its peak (e^blob_density) at any bias.
         return h[..., :1] + self.blob_density * closeness + self.density_bias * (1 - closeness), h[..., 1:]
 
     def query(self, positions: Tensor) -> tuple[Tensor, Tensor]:
