@@ -170,6 +170,7 @@ def _eval_realfusion(args: argparse.Namespace) -> int:
         sds_options={name: value for name, value in given.items() if value is not None},
         runs=args.runs,
         view_options={name: tuple(value) for name, value in views.items() if value is not None},
+        iterations=args.iterations,
     )
     for variant, metrics in report["means"].items():
         print(variant, " ".join(f"{k}={v:.4g}" if v is not None else f"{k}=none" for k, v in metrics.items()))
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     evr.add_argument("--seed", type=int, default=1000, help="the family's seed (default 1000: never trained on)")
     evr.add_argument("--out", type=Path, required=True)
     evr.add_argument("--quality", default="quick", help="preview, quick (default), standard or high")
+    evr.add_argument(
+        "--iterations", type=int, help="training steps of every variant (default: the quality preset's; quick: 300)"
+    )
     evr.add_argument(
         "--variants",
         nargs="+",

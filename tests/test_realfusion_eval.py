@@ -120,7 +120,7 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
     out = tmp_path / "eval"
     done = subprocess.run(
         [sys.executable, "-m", "onelook.cli", "eval-realfusion", "--prior", str(tiny_sd), "--objects", "2"]
-        + ["--seed", "7", "--quality", "preview", "--out", str(out), "--device", "cpu"]
+        + ["--seed", "7", "--quality", "preview", "--iterations", "12", "--out", str(out), "--device", "cpu"]
         + ["--guidance-scale", "1", "--sds-weight", "0.01", "--t-max", "0.5", "--albedo-steps", "10"]
         + ["--prior-view-distance", "1.7", "1.9", "--prior-view-fov", "50", "60"]
         + ["--model-option", "normal_smoothness_weight=0.25", "--model-option", "coarse-to-fine-step=4"],
@@ -135,6 +135,7 @@ def test_eval_realfusion_writes_metrics_per_variant_and_a_contact_sheet(tiny_sd,
     assert report["sds_options"] == sds
     assert report["view_options"] == {"prior_distance_range": [1.7, 1.9], "prior_fov_range": [50.0, 60.0]}
     assert report["prior_settings"] == {"model": {}, "datamanager": {}}  # the tiny prior's folder recommends none
+    assert report["quality"] == {**QUALITY["preview"].__dict__, "iterations": 12}
     assert set(report["means"]) == set(VARIANTS)
     assert [row["name"] for row in report["objects"]] == [f"7-{i:03d}-{family_object(7, i).kind}" for i in range(2)]
     for row in report["objects"]:
@@ -178,6 +179,8 @@ def test_eval_realfusion_names_a_bad_model_option(tmp_path, capsys):
     assert "--model-option 'entropy_weight': give NAME=VALUE" in capsys.readouterr().err
     assert main(["eval-realfusion", "--prior", "x", "--out", str(tmp_path), "--model-option", "entropy=0"]) == 2
     assert "RealFusionModelConfig has no options ['entropy']" in capsys.readouterr().err
+    assert main(["eval-realfusion", "--prior", "x", "--out", str(tmp_path), "--iterations", "0"]) == 2
+    assert "iterations must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_eval_realfusion_names_a_bad_score_distillation_option(tmp_path):

@@ -12,7 +12,7 @@ size) against the true mesh. Distances are fractions of the object's size (its b
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ def evaluate_realfusion(
     sds_options: dict[str, Any] | None = None,
     runs: int = 1,
     view_options: dict[str, Any] | None = None,
+    iterations: int | None = None,
 ) -> dict:
     """Runs and scores every variant on `objects` objects of the family drawn with `seed`; writes
     `out/metrics.json` ({"means": {variant: metrics}, "objects": [{"name", variant: metrics}]}) and
@@ -96,7 +97,8 @@ def evaluate_realfusion(
     of the score-distilled variants' model config (e.g. `{"guidance_scale": 7.5}`) and `view_options` fields
     of the random views' datamanager config (e.g. `{"prior_distance_range": (1.0, 1.5)}`). `runs` > 1 trains each
     variant that many times per object (seeds `seed`, `seed + 1`, ...): an object's metrics are their mean, each run's
-    are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed."""
+    are kept under its "runs"; what one photo leaves unconstrained varies by several dB from seed to seed.
+    `iterations` replaces the quality's training steps (the albedo and coarse-to-fine schedules scale with it)."""
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -106,6 +108,10 @@ def evaluate_realfusion(
         if quality not in QUALITY:
             raise ValueError(f"unknown quality {quality!r}; choose from {', '.join(QUALITY)}")
         quality = QUALITY[quality]
+    if iterations is not None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {iterations}")
+        quality = replace(quality, iterations=iterations)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sds_options, view_options = dict(sds_options or {}), dict(view_options or {})
