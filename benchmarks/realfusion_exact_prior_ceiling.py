@@ -55,7 +55,8 @@ def main() -> None:
     options = {**settings.model}
     for option in args.model_option:
         name, _, value = option.partition("=")
-        options[name] = json.loads(value)
+        value = json.loads(value)
+        options[name] = tuple(value) if isinstance(value, list) else value  # ranges are tuples, as the CLI gives them
     vae = AutoencoderKL.from_pretrained(OBJECT_PRIOR, subfolder="vae").float()
     alphas_cumprod = DDPMScheduler.from_pretrained(OBJECT_PRIOR, subfolder="scheduler").alphas_cumprod
     print("settings:", json.dumps(options))
