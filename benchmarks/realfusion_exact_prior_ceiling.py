@@ -21,26 +21,19 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler
 
 from onelook.assets import OBJECT_PRIOR
-from onelook.data.object_family import family_object, front_photo, render_orbit_view
-from onelook.data.prior_views import view_label
+from onelook.data.object_family import family_object, front_photo, sector_views
 from onelook.guidance.exemplar_prior import ExemplarPrior
 from onelook.guidance.prior_settings import read_prior_settings
 from onelook.realfusion.evaluate import score
 from onelook.realfusion.train import QUALITY, train_realfusion
 
-ELEVATIONS = (-25, -10, 5, 20, 35, 50, 65, 80)
-AZIMUTH_STEP = 15.0
 METRICS = ("psnr_90", "psnr_180", "psnr_270", "psnr_overhead", "ssim_180", "depth_error", "chamfer", "fscore")
 
 
 def exact_prior(thing, size: int, vae, alphas_cumprod: torch.Tensor) -> ExemplarPrior:
     """The ideal denoiser of `thing`'s lit renders (as the prior's training renders are lit), by view word."""
-    views: dict[str, list[np.ndarray]] = {}
-    for elevation in ELEVATIONS:
-        for azimuth in np.arange(0.0, 360.0, AZIMUTH_STEP):
-            render = render_orbit_view(thing, float(azimuth), float(elevation), size)[0]
-            views.setdefault(view_label(90.0 - elevation, azimuth), []).append(render.rgb)
-    exemplars = {label: torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).float() for label, v in views.items()}
+    views = sector_views(thing, size, lit=True)
+    exemplars = {label: torch.from_numpy(v).permute(0, 3, 1, 2).float() for label, v in views.items()}
     return ExemplarPrior(exemplars, alphas_cumprod, vae=vae)
 
 

@@ -210,15 +210,20 @@ def front_photo(
 
 
 def sector_views(
-    thing: FamilyObject, size: int, azimuth_step: float = 15.0, elevations=(-25, -10, 5, 20, 35, 50, 65, 80)
+    thing: FamilyObject,
+    size: int,
+    azimuth_step: float = 15.0,
+    elevations=(-25, -10, 5, 20, 35, 50, 65, 80),
+    lit: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Plain-colour views of `thing` from all around at the reference distance, grouped by the view word a
-    RealFusion prompt gives that camera: {label: (N, size, size, 3) float in [0, 1]}."""
+    """Views of `thing` from all around at the reference distance (plain colours, or `lit` as the prior's training
+    renders are), grouped by the view word a RealFusion prompt gives that camera: {label: (N, size, size, 3) float
+    in [0, 1]}."""
     views: dict[str, list[np.ndarray]] = {}
     for elevation in elevations:
         for azimuth in np.arange(0.0, 360.0, azimuth_step):
             label = view_label(90.0 - elevation, azimuth)
-            views.setdefault(label, []).append(render_orbit_view(thing, azimuth, float(elevation), size, False)[0].rgb)
+            views.setdefault(label, []).append(render_orbit_view(thing, azimuth, float(elevation), size, lit)[0].rgb)
     return {label: np.stack(images) for label, images in views.items()}
 
 
