@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # share the cores between the workers (and their subprocesses)
+    cores_per_worker = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores_per_worker)))
 
 
 @dataclass(frozen=True)
