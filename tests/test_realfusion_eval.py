@@ -167,7 +167,7 @@ def test_eval_realfusion_names_a_bad_variant(tmp_path):
         + ["--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a guard against a hang: the CLI imports the stack, beside another test worker
     )
     assert done.returncode == 2 and "unknown variants ['sds_only']" in done.stderr
 

@@ -99,7 +99,7 @@ def test_train_prior_refuses_a_folder_of_other_renders(tmp_path):
         [sys.executable, "-m", "onelook.cli", "train-prior", str(tmp_path), "--out", str(tmp_path / "prior")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a guard against a hang: the CLI imports the stack, beside another test worker
     )
     assert done.returncode == 2 and "is not an `onelook synth --category objects` folder" in done.stderr
 
