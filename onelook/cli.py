@@ -34,11 +34,15 @@ def _synth(args: argparse.Namespace) -> int:
     from onelook.data.synthetic import generate
 
     if args.category == "objects":
+        if args.exif_focal:
+            raise ValueError(
+                "--exif-focal is for the heads, animals and cars (one photo each); objects are seen all around"
+            )
         generate_objects(args.n, args.size, args.seed, args.out, args.random_views)
         print(f"{args.n} synthetic objects, {len(orbit_views()) + args.random_views} views each, written to {args.out}")
         print(f"reconstruct one from its front: ns-train realfusion --data {args.out / 'images' / '00000_000_15.png'}")
         return 0
-    generate(args.n, args.size, args.seed, args.out, category=args.category)
+    generate(args.n, args.size, args.seed, args.out, category=args.category, exif_focal=args.exif_focal)
     print(f"{args.n} synthetic {args.category} written to {args.out}")
     print(
         f"prepare them with: onelook prepare {args.out / 'images'} --out DATASET "
@@ -270,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="objects only: this many more views per object from random cameras, as RealFusion's prior sees them",
     )
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument(
+        "--exif-focal",
+        action="store_true",
+        help="heads, animals, cars: write the true focal length into each image's EXIF, as a camera does, so that "
+        "`onelook prepare` uses it (default: none, and the landmarks decide it)",
+    )
     syn.add_argument("--out", type=Path, required=True)
     syn.set_defaults(func=_synth)
 

@@ -187,6 +187,16 @@ def _exif_focal_35mm(img: Image.Image, notes: list[str]) -> float | None:
     return focal
 
 
+def focal_length_exif(focal_px: float, width: int, height: int) -> Image.Exif:
+    """EXIF recording a focal length the way a camera does (35 mm equivalent, whole frame), so that
+    `load_image` and `onelook prepare` read `focal_px` back from an image of `width` x `height` saved with it.
+    The tag holds whole millimetres: at 64 px a long lens comes back within 0.5%, a short one within 2%."""
+    exif = Image.Exif()
+    focal_35mm = focal_px * _FILM_DIAGONAL_MM / float(np.hypot(width, height))
+    exif[_EXIF_IFD] = {_FOCAL_35MM: max(1, round(focal_35mm)), _EXIF_WIDTH: width, _EXIF_HEIGHT: height}
+    return exif
+
+
 def _to_rgb(img: Image.Image, source_mode: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, 3) uint8 and the alpha channel (None when opaque); `source_mode` is the file's own mode."""
     mode = img.mode

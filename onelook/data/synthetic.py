@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from onelook.cameras.geometry import look_at, orbit_positions, project
+from onelook.data.images import focal_length_exif
 from onelook.data.keypoint_categories import KeypointViews
 from onelook.data.synthetic_objects import SynthAnimal, SynthCar, SynthHead
 
@@ -145,11 +146,22 @@ def _category(name: str) -> SynthCategory:
     return CATEGORIES[name]
 
 
-def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", show_progress: bool = True) -> Path:
+def generate(
+    n: int,
+    size: int,
+    seed: int,
+    out: Path,
+    category: str = "heads",
+    show_progress: bool = True,
+    exif_focal: bool = False,
+) -> Path:
     """Writes n single views (one per identity) with images, masks, depth, true cameras and keypoints.
 
     Layout: images/, masks/, depth/ (float32 .npy), synth.json (everything true), and landmarks.json (file
-    name -> 5 [x, y] pixel keypoints), which `onelook prepare --landmarks` reads.
+    name -> 5 [x, y] pixel keypoints), which `onelook prepare --landmarks` reads. `exif_focal`: the images
+    carry the true focal length in their EXIF, as a camera's photos do, so `onelook prepare` fits the cameras
+    at it instead of estimating it (off, the focal length is left to the landmarks, as with photos that lost
+    their EXIF).
     """
     kind = _category(category)
     if n < 1 or size < 16:
@@ -163,7 +175,8 @@ def generate(n: int, size: int, seed: int, out: Path, category: str = "heads", s
         head, c2w, angles = identity(seed, i, category)
         view = render(head, c2w, focal, size)
         name = f"{i:05d}.png"
-        Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / name)
+        exif = focal_length_exif(focal, size, size) if exif_focal else None
+        Image.fromarray((view.rgb * 255).round().astype(np.uint8)).save(out / "images" / name, exif=exif)
         Image.fromarray(view.mask.astype(np.uint8) * 255).save(out / "masks" / name)
         np.save(out / "depth" / f"{i:05d}.npy", view.depth)
         keypoints_3d = head.keypoints()
