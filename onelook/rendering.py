@@ -26,12 +26,20 @@ def pinhole_cameras(
 
 
 @torch.no_grad()
-def render_view(model: Model, c2w: np.ndarray, focal: float, size, metadata: dict | None = None) -> dict:
+def render_view(
+    model: Model,
+    c2w: np.ndarray,
+    focal: float,
+    size,
+    metadata: dict | None = None,
+    principal_point: tuple[float, float] | None = None,
+) -> dict:
     """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W), in chunks of rays.
 
-    `metadata` entries (e.g. a latent code) are broadcast to every ray.
+    `metadata` entries (e.g. a latent code) are broadcast to every ray; `principal_point` (x, y) in pixels,
+    default the centre.
     """
-    cameras = pinhole_cameras(c2w, focal, size, device=model.device)
+    cameras = pinhole_cameras(c2w, focal, size, principal_point, device=model.device)
     bundle = cameras.generate_rays(camera_indices=0, keep_shape=True)
     height, width = bundle.shape
     bundle.metadata = {key: value.to(model.device).expand(height, width, -1) for key, value in (metadata or {}).items()}

@@ -97,6 +97,7 @@ def prepare_dataset(
         "crop_scale": crop_scale,
         "landmarks": given is not None,
         "masks": masks is not None,
+        "records": 2,  # 2: records hold each crop's principal point (crops made before lack it, so are redone)
     }
     options_path = out / _OPTIONS
     if options_path.exists() and json.loads(options_path.read_text()) != options:
@@ -150,7 +151,13 @@ def prepare_dataset(
     names = sorted(ok)
     keypoints = np.array([[[np.nan, np.nan] if p is None else p for p in ok[n].keypoints] for n in names])
     report.focal_source, focal = _focal_lengths(focal_length, [ok[n].focal_length for n in names])
-    report.fit = fit_cameras(keypoints, (size, size), focal_length=focal)
+    # Each crop's camera axis meets it at the photo's centre, not at the crop's: the fit takes the principal
+    # point at the centre of the image, so each crop's keypoints are moved by the difference, which changes
+    # no camera's pose or focal length (cx, cy are written below). Left at the crop's centre, it cost the
+    # rendered animals 8.9 against 5.6 degrees of median rotation error at their true focal length.
+    principal_points = np.array([ok[n].principal_point for n in names])
+    centred = keypoints + (size / 2.0 - principal_points)[:, None, :]
+    report.fit = fit_cameras(centred, (size, size), focal_length=focal)
     _write_transforms(out, names, ok, report, {"size": size, "scale": crop_scale}, given is None)
     return report
 
@@ -174,8 +181,8 @@ def _write_transforms(
                 "transform_matrix": fit.camera_to_world[i].tolist(),
                 "fl_x": focal,
                 "fl_y": focal,
-                "cx": size / 2.0,
-                "cy": size / 2.0,
+                "cx": record.principal_point[0],
+                "cy": record.principal_point[1],
                 "w": size,
                 "h": size,
                 "landmarks": record.keypoints,

@@ -45,6 +45,9 @@ class ImageRecord:
     num_faces: int | None = None
     crop_box: list | None = None  # [x0, y0, side] in the loaded image's pixels (upright, at most MAX_SIDE)
     focal_length: float | None = None  # pixels of the crop, from the photo's EXIF; None when unknown
+    # [x, y] in the crop's pixels: the photo's centre, where its camera's axis meets the image. The crop is
+    # centred on the keypoints, not on the photo, so this is rarely the crop's centre.
+    principal_point: list | None = None
     notes: list[str] = field(default_factory=list)
 
     @staticmethod
@@ -125,6 +128,7 @@ def _process(job: ImageJob) -> ImageRecord:
         mask_crop = crop_square((mask * 255).astype(np.uint8), x0, y0, side, job.size)
         Image.fromarray(np.where(mask_crop >= 128, 255, 0).astype(np.uint8)).save(job.out / mask_rel)
     crop_keypoints = (keypoints - np.array([x0, y0])) * (job.size / side)
+    principal_point = (np.array([width, height]) / 2.0 - np.array([x0, y0])) * (job.size / side)
     return ImageRecord(
         source=job.source.name,
         status="ok",
@@ -135,6 +139,7 @@ def _process(job: ImageJob) -> ImageRecord:
         num_faces=num_faces,
         crop_box=[float(x0), float(y0), float(side)],
         focal_length=None if loaded.focal_length is None else loaded.focal_length * job.size / side,
+        principal_point=[float(principal_point[0]), float(principal_point[1])],
         notes=notes,
     )
 

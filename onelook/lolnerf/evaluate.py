@@ -98,7 +98,7 @@ class SyntheticTruth:
     scale: float  # model frame -> synthetic world: x -> scale * rotation @ x + translation
     rotation: np.ndarray
     translation: np.ndarray
-    focal: float  # the true focal length, pixels of the model's crop
+    focal: float  # the true focal length of a whole synthetic image rendered at the model's crop size, pixels
     size: int  # the model's crop size
 
     @classmethod
@@ -130,6 +130,17 @@ class SyntheticTruth:
         return thing, c2w, photo, keypoints
 
 
+def true_crop_focals(synth: dict, data_dir: Path, frames: list[dict]) -> np.ndarray:
+    """The true focal length of each prepared frame in its own crop's pixels: `onelook prepare` crops each
+    image to a square around its keypoints (its side varies from image to image) and resizes it, so the
+    synthetic camera's focal length scales by crop size / crop side, as the frame's `fl_x` is measured."""
+    sides = []
+    for frame in frames:
+        record = json.loads((Path(data_dir) / "records" / f"{Path(frame['file_path']).stem}.json").read_text())
+        sides.append(record["crop_box"][2])  # in the synthetic image's pixels
+    return synth["focal_length"] * np.array([frame["w"] for frame in frames]) / np.array(sides)
+
+
 def evaluate(
     run_dir: Path,
     synth_dir: Path,
@@ -153,7 +164,7 @@ def evaluate(
         c2w = np.array(frame["transform_matrix"])
         c2w[:3, 3] -= recon.origin
         latent = recon.model.latents.embedding.weight[i].detach()
-        pred = recon.render(latent, c2w, frame["fl_x"], (frame["h"], frame["w"]))["rgb"]
+        pred = recon.render(latent, c2w, frame["fl_x"], (frame["h"], frame["w"]), (frame["cx"], frame["cy"]))["rgb"]
         target = np.asarray(Image.open(Path(data_dir) / frame["file_path"]).convert("RGB")) / 255.0
         psnrs.append(masked_psnr(pred, target, np.ones(target.shape[:2], bool)))
         ssims.append(float(structural_similarity(pred, target, channel_axis=2, data_range=1.0)))
@@ -164,7 +175,7 @@ def evaluate(
     train_rotation = rotation_errors_deg(
         train_c2w, np.array([f["camera_to_world"] for f in truth.true_frames]), canonical, truth.true_mean
     )
-    train_focal_ratio = float(np.median([f["fl_x"] for f in frames])) / true_focal
+    train_focal_ratio = float(np.median([f["fl_x"] for f in frames] / true_crop_focals(truth.synth, data_dir, frames)))
 
     # 2-4. Held-out identities.
     novel = {

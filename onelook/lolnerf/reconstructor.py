@@ -76,9 +76,18 @@ class Reconstructor:
         c2w[..., :3, 3] += self.origin
         return c2w
 
-    def render(self, latent: torch.Tensor, camera_to_world: np.ndarray, focal_length: float, size) -> dict:
+    def render(
+        self,
+        latent: torch.Tensor,
+        camera_to_world: np.ndarray,
+        focal_length: float,
+        size,
+        principal_point: tuple[float, float] | None = None,
+    ) -> dict:
         """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays."""
-        return render_view(self.model, self.to_world(camera_to_world), focal_length, size, {"latent": latent})
+        return render_view(
+            self.model, self.to_world(camera_to_world), focal_length, size, {"latent": latent}, principal_point
+        )
 
     def fit(self, image, **options) -> Reconstruction:
         """Lifts one photo to 3D; see `fit_steps` for the options."""
