@@ -84,7 +84,8 @@ class Reconstructor:
         size,
         principal_point: tuple[float, float] | None = None,
     ) -> dict:
-        """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays."""
+        """rgb (H, W, 3) in [0, 1], depth (H, W) along the optical axis, alpha (H, W): numpy arrays.
+        `principal_point` (x, y) in pixels, default the image's centre (a prepared crop's is its `cx`, `cy`)."""
         return render_view(
             self.model, self.to_world(camera_to_world), focal_length, size, {"latent": latent}, principal_point
         )
