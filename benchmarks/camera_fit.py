@@ -16,13 +16,22 @@ focal length, which tells an error of the focal estimate from one of the poses a
 `onelook synth`'s categories (heads, animals, cars): the same measures on 300 identities of each, with their
 own keypoint layouts, focal lengths and view ranges, and the keypoints' variation between identities.
 
-Run: `.venv/bin/python benchmarks/camera_fit.py [--n 10000] [--threads 2] [--skip-rigid] [--skip-varying]`.
+Through `onelook prepare` (its crops, each with the photo's centre as its principal point): 320 identities of
+each category (seed 1, 64 px, as the README's LOLNeRF runs), the focal length estimated and read from EXIF
+(`onelook synth --exif-focal`), against the same oracle on the whole images; the focal length as a ratio to
+each crop's own true one.
+
+Run: `.venv/bin/python benchmarks/camera_fit.py [--n 10000] [--threads 2] [--skip-rigid] [--skip-varying]
+[--skip-prepared]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -33,7 +42,9 @@ from onelook.cameras.geometry import look_at, orbit_positions, project, rotation
 from onelook.cameras.pose import estimate_pose
 from onelook.data.keypoint_categories import LAYOUTS
 from onelook.data.keypoint_categories import make_views as category_views
-from onelook.data.synthetic import CATEGORIES, keypoint_views
+from onelook.data.prepare import prepare_dataset
+from onelook.data.synthetic import CATEGORIES, generate, keypoint_views
+from onelook.lolnerf.evaluate import true_crop_focals
 
 SHAPE = np.array([[-0.45, 0.0, 0.15], [0.45, 0.0, 0.15], [0.0, -0.35, -0.1], [-0.3, -0.1, -0.35], [0.3, -0.1, -0.35]])
 SIZE = 128
@@ -138,6 +149,46 @@ def rendered_categories(num: int = 300, seed: int = 3) -> None:
         )
 
 
+def prepared_categories(num: int = 320, seed: int = 1, size: int = 64) -> None:
+    """`onelook synth` then `onelook prepare`, as a user runs them: the cameras `transforms.json` holds."""
+    print(
+        f"\nthrough onelook prepare: {num} identities at {size} px, exact landmarks; rotation error median / 90th pct"
+    )
+    header = ("category", "oracle", "estimated", "ratio", "focal", "from EXIF", "ratio")
+    print("{:9s} {:>12s} {:>12s} {:>11s} {:>9s} {:>12s} {:>11s}".format(*header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for category in CATEGORIES:
+            row = []
+            for exif in (False, True):
+                synth = generate(num, size, seed, Path(tmp) / f"{category}{exif}", category, False, exif_focal=exif)
+                data = Path(tmp) / f"{category}{exif}-prepared"
+                options = {"landmarks": synth / "landmarks.json", "masks": synth / "masks", "size": size}
+                prepare_dataset(synth / "images", data, show_progress=False, **options)
+                meta = json.loads((synth / "synth.json").read_text())
+                transforms = json.loads((data / "transforms.json").read_text())
+                frames = transforms["frames"]
+                truth = {f["file"]: f for f in meta["frames"]}
+                true_c2w = np.array([truth[f["source"]]["camera_to_world"] for f in frames])
+                mean = np.mean([truth[f["source"]]["keypoints_3d"] for f in frames], axis=0)
+                canonical = np.array(transforms["canonical_keypoints"])
+                fitted = np.array([f["transform_matrix"] for f in frames])
+                errors = rotation_errors_deg(fitted, true_c2w, canonical, mean)
+                focal = np.median([f["fl_x"] for f in frames] / true_crop_focals(meta, data, frames))
+                if not exif:
+                    whole = [
+                        estimate_pose(mean, truth[f["source"]]["keypoints_2d"], meta["focal_length"], (size, size))[0]
+                        for f in frames
+                    ]
+                    reference = rotation_errors_deg(np.array(whole), true_c2w, mean, mean)
+                    o_med, o_p90 = np.median(reference), np.percentile(reference, 90)
+                    row.append(f"{o_med:5.2f} {o_p90:5.2f}°")
+                med, p90 = np.median(errors), np.percentile(errors, 90)
+                row.append(f"{med:5.2f} {p90:5.2f}° {med / o_med:5.2f} {p90 / o_p90:5.2f}")
+                if not exif:
+                    row.append(f"{focal:8.2f}x")
+            print(f"{category:9s} " + " ".join(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -147,6 +198,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-rigid", action="store_true")
     parser.add_argument("--skip-varying", action="store_true")
+    parser.add_argument("--skip-prepared", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -155,6 +207,8 @@ def main() -> None:
     if not args.skip_varying:
         varying_shapes()
         rendered_categories()
+    if not args.skip_prepared:
+        prepared_categories()
 
 
 def rigid(args: argparse.Namespace) -> None:
