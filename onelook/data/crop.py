@@ -21,6 +21,15 @@ def keypoint_crop_box(keypoints: np.ndarray, crop_scale: float) -> tuple[float, 
     return float(centre[0] - side / 2), float(centre[1] - side / 2), side
 
 
+def crop_principal_point(
+    image_size: tuple[int, int], x0: float, y0: float, side: float, size: int
+) -> tuple[float, float]:
+    """Where a (H, W) photo's centre, its camera's principal point, lands in the size x size crop of the square
+    [x0, x0 + side) x [y0, y0 + side): the crop follows the keypoints, the camera's axis stays put."""
+    height, width = image_size
+    return (width / 2 - x0) * size / side, (height / 2 - y0) * size / side
+
+
 def crop_square(image: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
     """Resamples the square [x0, x0 + side) x [y0, y0 + side) to size x size, edges extended outwards."""
     sx = sy = size / side

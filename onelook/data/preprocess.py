@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from onelook.data.crop import crop_square, keypoint_crop_box
+from onelook.data.crop import crop_principal_point, crop_square, keypoint_crop_box
 from onelook.data.images import ImageError, load_image
 
 _landmarker = None  # one MediaPipe FaceLandmarker per worker process
@@ -128,7 +128,6 @@ def _process(job: ImageJob) -> ImageRecord:
         mask_crop = crop_square((mask * 255).astype(np.uint8), x0, y0, side, job.size)
         Image.fromarray(np.where(mask_crop >= 128, 255, 0).astype(np.uint8)).save(job.out / mask_rel)
     crop_keypoints = (keypoints - np.array([x0, y0])) * (job.size / side)
-    principal_point = (np.array([width, height]) / 2.0 - np.array([x0, y0])) * (job.size / side)
     return ImageRecord(
         source=job.source.name,
         status="ok",
@@ -139,7 +138,7 @@ def _process(job: ImageJob) -> ImageRecord:
         num_faces=num_faces,
         crop_box=[float(x0), float(y0), float(side)],
         focal_length=None if loaded.focal_length is None else loaded.focal_length * job.size / side,
-        principal_point=[float(principal_point[0]), float(principal_point[1])],
+        principal_point=list(crop_principal_point((height, width), x0, y0, side, job.size)),
         notes=notes,
     )
 

@@ -21,7 +21,7 @@ from tqdm import trange
 
 from onelook.cameras.geometry import look_at, orbit_positions, turn_about_origin, viewing_angles
 from onelook.cameras.pose import estimate_pose
-from onelook.data.crop import crop_square, keypoint_crop_box
+from onelook.data.crop import crop_principal_point, crop_square, keypoint_crop_box
 from onelook.data.images import load_image
 from onelook.export.mesh import SURFACE_DENSITY, extract_mesh
 from onelook.model_components.losses import mask_loss
@@ -187,7 +187,7 @@ class Reconstructor:
         x0, y0, side = photo.placement.crop_box
         crop_size = self.model.crop.size
         scale = crop_size / side
-        principal_point = ((width / 2 - x0) * scale, (height / 2 - y0) * scale)
+        principal_point = crop_principal_point((height, width), x0, y0, side, crop_size)
         crop_focal = photo.placement.focal_length * scale
         camera = pinhole_cameras(photo.placement.camera_to_world, crop_focal, crop_size, principal_point, self.device)
         target = torch.as_tensor(crop_square(rgb, x0, y0, side, crop_size) / 255.0, dtype=torch.float32)
